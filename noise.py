@@ -1,0 +1,170 @@
+"""Synthetic label noise for the training split.
+
+A noise model is a row-stochastic transition matrix T with
+T[i, j] = P(observed label j | true label i); the instance-dependent kind
+instead gives every sample its own row.  Kinds and where they come from:
+
+* ``sym``      -- exclusive symmetric flip, as in Co-teaching (Han et al., 2018)
+                  and SelfMix: with prob. r move to one of the other K-1 classes.
+* ``sym-incl`` -- inclusive symmetric, as in DivideMix (Li et al., 2020) and the
+                  CleaR code: with prob. r redraw from all K classes, so the
+                  label actually changes with prob. r*(K-1)/K.
+* ``asym``     -- pair flip i -> (i+1) mod K with prob. r (Co-teaching, SelfMix).
+                  The CleaR code flips i -> i-1 instead; that is the same
+                  model up to a renaming of the classes.
+* ``idn``      -- instance-dependent noise of Xia et al., 2020 ("Part-dependent
+                  label noise", NeurIPS 2020, Algorithm 1).
+* ``none``     -- labels unchanged.
+
+The caller applies noise to the training split only.  Everything is seeded
+through ``numpy.random.default_rng(seed)`` so a run is reproducible.
+
+Usage: ``noisy = add_noise(train_labels, "sym", 0.4, num_classes=4, seed=0)``
+"""
+import numpy as np
+
+NOISE_KINDS = ("none", "sym", "sym-incl", "asym", "idn")
+IDN_STD = 0.1  # std of the per-sample flip rate in Xia et al. (2020)
+
+
+class NoiseError(ValueError):
+    """An impossible or inconsistent noise setting."""
+
+
+def _check_setting(kind, rate, num_classes):
+    if kind not in NOISE_KINDS:
+        raise NoiseError(f"unknown noise kind {kind!r}; valid kinds are {', '.join(NOISE_KINDS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise NoiseError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if kind == "none":
+        return  # rate is meaningless without noise, so it is not checked
+    if not 0.0 <= rate < 1.0:  # written this way so that NaN fails too
+        raise NoiseError(f"noise rate must be in [0, 1), got {rate}")
+    if kind == "asym" and num_classes == 2 and rate >= 0.5:
+        raise NoiseError(
+            f"asym noise with num_classes=2 needs rate < 0.5, got {rate}: the flipped "
+            "label would become the majority in every class, so the true labels "
+            "are unrecoverable")
+
+
+def _check_labels(labels, num_classes, name="labels"):
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise NoiseError(f"{name} must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= num_classes)
+    if bad.any():
+        raise NoiseError(f"{name} must lie in [0, {num_classes}), found {arr[bad][0]}")
+    return arr.astype(np.int64)
+
+
+def transition_matrix(kind, rate, num_classes):
+    """(K, K) float64 matrix T[i, j] = P(observed j | true i) for a class-conditional kind."""
+    _check_setting(kind, rate, num_classes)
+    k = int(num_classes)
+    if kind == "idn":
+        raise NoiseError("noise kind 'idn' has no transition matrix: it is instance-dependent, "
+                         "each sample gets its own flip distribution from its features")
+    if kind == "none":
+        return np.eye(k)
+    if kind == "sym":
+        t = np.full((k, k), rate / (k - 1))
+        np.fill_diagonal(t, 1.0 - rate)
+    elif kind == "sym-incl":
+        t = np.full((k, k), rate / k)
+        np.fill_diagonal(t, 1.0 - rate + rate / k)
+    else:  # asym: the mass r moves to the next class, cyclically
+        t = (1.0 - rate) * np.eye(k)
+        t[np.arange(k), (np.arange(k) + 1) % k] += rate
+    return t
+
+
+def _sample_rows(probs, rng):
+    """Draw one class index per row of ``probs`` (N, K), each row a distribution."""
+    cdf = np.cumsum(probs, axis=1)
+    cdf[:, -1] = 1.0  # rounding may leave the last sum a hair below 1; u must never exceed it
+    u = rng.random((probs.shape[0], 1))
+    # The chosen class is the number of cdf steps already passed by u.  A
+    # zero-probability class adds no step of its own, so it can never be picked.
+    return (u >= cdf).sum(axis=1).astype(np.int64)
+
+
+def _truncated_normal(mean, std, size, rng, low=0.0, high=1.0):
+    """Normal(mean, std) restricted to [low, high], by rejection.
+
+    scipy.stats.truncnorm would take the standardised bounds
+    a = (low - mean) / std and b = (high - mean) / std.  For mean in [0, 1) at
+    least half the mass lies inside [0, 1], so a few redraws suffice.
+    """
+    out = rng.normal(mean, std, size)
+    bad = (out < low) | (out > high)
+    while bad.any():
+        out[bad] = rng.normal(mean, std, int(bad.sum()))
+        bad = (out < low) | (out > high)
+    return out
+
+
+def _idn_probs(labels, rate, num_classes, features, rng):
+    """Per-sample flip distributions of Xia et al. (2020), Algorithm 1."""
+    if features is None:
+        raise NoiseError("noise kind 'idn' needs features, an (N, d) array such as the "
+                         "encoder's mean-pooled embeddings of the training samples")
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+        raise NoiseError(f"idn features must have shape (N, d) with N = {labels.shape[0]} labels, "
+                         f"got shape {x.shape}")
+    n = labels.shape[0]
+    q = _truncated_normal(rate, IDN_STD, n, rng)  # each sample's own flip rate
+    w = rng.standard_normal((num_classes, x.shape[1], num_classes))
+    # Unit-length features keep every logit ~ N(0, 1), whatever the embedding scale.
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    logits = np.empty((n, num_classes))
+    for c in range(num_classes):  # one matmul per class avoids building W[labels] (N, d, K)
+        rows = labels == c
+        logits[rows] = x[rows] @ w[c]
+    rows = np.arange(n)
+    logits[rows, labels] = -np.inf  # the softmax spreads the flip mass over wrong classes only
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = q[:, None] * e / e.sum(axis=1, keepdims=True)
+    probs[rows, labels] = 1.0 - q
+    return probs
+
+
+def add_noise(labels, kind, rate, num_classes, seed=0, features=None):
+    """Return observed (noisy) int64 labels for the true ``labels`` in [0, num_classes).
+
+    For ``idn``, ``features`` is an (N, d) float array.  ``idn`` at rate 0
+    returns the labels unchanged; otherwise its realised rate is the mean of the
+    truncated normal, which is above ``rate`` when ``rate`` is near 0.
+    """
+    _check_setting(kind, rate, num_classes)
+    labels = _check_labels(labels, num_classes)
+    if kind == "none" or (kind == "idn" and rate == 0):
+        return labels.copy()
+    rng = np.random.default_rng(seed)
+    if kind == "idn":
+        probs = _idn_probs(labels, rate, int(num_classes), features, rng)
+    else:
+        probs = transition_matrix(kind, rate, num_classes)[labels]
+    return _sample_rows(probs, rng)
+
+
+def noise_report(true_labels, observed_labels, num_classes):
+    """Summary of the noise actually applied: rate, per-class flips, empirical T.
+
+    A class with no samples gets an all-zero row in the empirical matrix.
+    """
+    true = _check_labels(true_labels, num_classes, "true_labels")
+    obs = _check_labels(observed_labels, num_classes, "observed_labels")
+    if true.shape != obs.shape:
+        raise NoiseError(f"true_labels and observed_labels differ in length: {true.size} vs {obs.size}")
+    k = int(num_classes)
+    counts = np.bincount(true * k + obs, minlength=k * k).reshape(k, k)
+    per_class = counts.sum(axis=1)
+    empirical = counts / np.maximum(per_class, 1)[:, None]
+    return {
+        "num_samples": int(true.size),
+        "realized_rate": float(np.mean(true != obs)) if true.size else 0.0,
+        "class_counts": per_class.tolist(),
+        "flips_per_class": (per_class - np.diag(counts)).tolist(),
+        "empirical_transition": empirical.tolist(),
+    }

