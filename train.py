@@ -12,7 +12,8 @@ each truly noisy training sample, is the prediction the noisy label (memorised),
 true label (corrected) or something else?
 
 Usage:
-    python train.py --method full --max_train 2000 --epochs 3     # a few minutes on a CPU
+    python train.py --method lora --max_train 2000 --epochs 3     # a few minutes on a CPU
+    python train.py --eval_only --load runs/mr-lora-sym0.4-s0    # reload the saved PEFT weights
 """
 
 import argparse
@@ -30,10 +31,11 @@ from tqdm import tqdm
 
 import data
 import noise
+import peft
 from model import Classifier, ModelLoadError, count_params, load_pretrained, mean_pool
 
-METHODS = ("full",)
-DEFAULT_LR = {"full": 3e-5}  # measured on clean mr, see README
+METHODS = peft.METHODS
+DEFAULT_LR = {"full": 3e-5, "lora": 5e-4, "adapter": 5e-4, "prefix": 5e-3, "bitfit": 1e-3}  # measured on clean mr, see README
 
 
 def parse_args(argv=None):
@@ -62,6 +64,19 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out already holds a run")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (for logs)")
+    p.add_argument("--eval_only", action="store_true", help="only evaluate the run saved in --load on its test split")
+    p.add_argument("--load", default=None, help="a finished run's directory (with peft.safetensors) for --eval_only")
+    g = p.add_argument_group("PEFT (peft.py)")
+    g.add_argument("--lora_r", type=int, default=8, help="LoRA rank r")
+    g.add_argument("--lora_alpha", type=float, default=16, help="LoRA alpha; the update is scaled by alpha/r")
+    g.add_argument("--lora_dropout", type=float, default=0.1, help="dropout on the LoRA input")
+    g.add_argument("--lora_targets", default="query,value", help="comma list of query,key,value,attn_out,ffn_in,"
+                                                                  "ffn_out, or all-linear")
+    g.add_argument("--adapter_kind", choices=("houlsby", "pfeiffer"), default="houlsby",
+                   help="houlsby: after attention and FFN; pfeiffer: after the FFN only")
+    g.add_argument("--adapter_size", type=int, default=16, help="adapter bottleneck width")
+    g.add_argument("--prefix_len", type=int, default=20, help="prefix length P (key/value vectors per layer)")
+    g.add_argument("--prefix_mlp", action="store_true", help="train the prefix through a reparameterisation MLP")
     args = p.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LR[args.method]
@@ -183,31 +198,71 @@ def build_optimizer(model, args, total_steps):
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.dim() < 2 else decay).append(p)  # biases and LayerNorm gains: no decay
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # one fused kernel for the whole update: ~5x faster optimizer step on this CPU (torch >= 2.4)
+        opt = torch.optim.AdamW(groups, lr=args.lr, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(groups, lr=args.lr)
     warmup = int(args.warmup_ratio * total_steps)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
 
 
-def run(args):
-    t_start = time.time()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+def peft_config(args):
+    fields = {f for f in vars(peft.PeftConfig()) if f != "method"}
+    return peft.PeftConfig(method=args.method, **{k: getattr(args, k) for k in fields if hasattr(args, k)})
+
+
+def build_model(args, num_classes):
+    """Pretrained encoder (+ tokenizer) -> classifier -> PEFT modules injected and everything else frozen."""
+    encoder, tokenizer = load_pretrained(args.model)
+    model = Classifier(encoder, num_classes, dropout=args.dropout)
+    peft.inject(model, peft_config(args))
+    return model, tokenizer
+
+
+def pick_device(name):
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          "cpu" if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA device is available")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    return device, autocast
+
+
+def evaluate_saved(args):
+    """--eval_only: rebuild a finished run from its saved config and PEFT weights, report its test accuracy."""
+    summary_path = os.path.join(args.load or "", "summary.json")
+    if not os.path.isfile(summary_path):
+        raise RunError(f"--eval_only needs --load DIR of a finished run; {summary_path} not found")
+    with open(summary_path) as f:
+        saved = json.load(f)
+    cfg = argparse.Namespace(**{**vars(args), **saved["config"], "device": args.device})
+    device, autocast = pick_device(cfg.device)
+    ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed)
+    model, tokenizer = build_model(cfg, len(ds.class_names))
+    peft.load_peft(model, args.load)
+    test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)
+    acc = float((predict(model.to(device), test_ids, args.eval_batch_size, device, autocast).argmax(1)
+                 == ds.test.labels).mean())
+    print(f"{args.load}: test acc {acc:.4f} (the run reported {saved['last_test_acc']:.4f} after its last epoch)")
+    return {"test_acc": acc, "saved_last_test_acc": saved["last_test_acc"]}
+
+
+def run(args):
+    t_start = time.time()
+    device, autocast = pick_device(args.device)
     ckpt = prepare_out_dir(args)
     torch.manual_seed(args.seed)
 
-    encoder, tokenizer = load_pretrained(args.model)
     ds = data.load_data(args.dataset, test_file=args.test_file, max_train=args.max_train, seed=args.seed)
     K = len(ds.class_names)
+    model, tokenizer = build_model(args, K)
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
     test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
     true = ds.train.labels
     features = None
-    if args.noise == "idn":
-        features = sentence_embeddings(encoder.to(device), train_ids, args.eval_batch_size, device)
+    if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
+        features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
     observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
     report = noise.noise_report(true, observed, K)
     print(f"data: {ds.name}, {len(true)} train / {len(ds.test.labels)} test, {K} classes; "
@@ -215,9 +270,9 @@ def run(args):
     for note in ds.notes:
         print(f"data: {note}")
 
-    model = Classifier(encoder, K, dropout=args.dropout).to(device)
+    model.to(device)
     trainable, total = count_params(model)
-    print(f"params: trainable {trainable:,} / total {total:,} ({100 * trainable / total:.2f}%)")
+    print(f"{args.method}: {peft.param_summary(model)}")
 
     steps_per_epoch = len(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0))
     opt, sched = build_optimizer(model, args, steps_per_epoch * args.epochs)
@@ -274,6 +329,7 @@ def run(args):
             "torch_rng": torch.get_rng_state(), "history": history,
             "wall_s": wall_before + time.time() - t_start})
 
+    peft.save_peft(model, args.out, extra={"class_names": ds.class_names})
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:  # ru_maxrss is in KiB on Linux
@@ -294,13 +350,13 @@ def run(args):
     return summary
 
 
-EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, RunError)
+EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, peft.PeftError, RunError)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return run(args)
+        return evaluate_saved(args) if args.eval_only else run(args)
     except EXPECTED_ERRORS as e:  # bad input: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

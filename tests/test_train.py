@@ -111,3 +111,15 @@ def test_command_line_error_has_no_traceback(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "model.safetensors" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "bitfit", "full"])
+def test_saved_run_reloads_to_the_same_accuracy(tiny_model_dir, tiny_dataset, tmp_path, method):
+    """--eval_only --load rebuilds the model from the pretrained weights + saved PEFT file."""
+    summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--method", method, "--epochs", "2",
+                                  "--lr", "1e-2" if method != "full" else "1e-3"))
+    assert (tmp_path / "peft.safetensors").exists() and (tmp_path / "peft_config.json").exists()
+    result = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])
+    assert result["test_acc"] == summary["last_test_acc"]
+    if method != "full":
+        assert summary["trainable_params"] < summary["total_params"] / 5

@@ -1,0 +1,120 @@
+"""
+Turn finished runs into the README's tables and pictures.
+
+Reads every `summary.json` (and `metrics.jsonl`) below the given directories, groups runs
+that differ only in their seed, and prints a markdown table: mean (and spread over seeds)
+of best and last clean-test accuracy, the memorised fraction of noisy training labels,
+the realised noise rate and the trainable parameter count. With `--plot FILE` it also
+draws the per-epoch memorisation curves (matplotlib, optional).
+
+Usage:
+    python report.py runs/t2                        # markdown table on stdout
+    python report.py runs/t3 --plot assets/memorisation.png
+"""
+
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+
+
+def load_runs(dirs):
+    """[(summary, metrics)] for every finished run below `dirs`."""
+    runs = []
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "**", "summary.json"), recursive=True)):
+            with open(path) as f:
+                summary = json.load(f)
+            with open(os.path.join(os.path.dirname(path), "metrics.jsonl")) as f:
+                metrics = [json.loads(line) for line in f]
+            runs.append((summary, metrics))
+    return runs
+
+
+def run_label(cfg):
+    """The method as a reader names it: 'full', 'lora', 'clear (adapter)', ..."""
+    peft = cfg.get("peft")
+    return f"{cfg['method']} ({peft})" if peft and cfg["method"] in ("clear", "match") else cfg["method"]
+
+
+def group_key(cfg):
+    noise = "none" if cfg["noise"] == "none" else f"{cfg['noise']} {cfg['noise_rate']:g}"
+    return (os.path.basename(cfg["dataset"]), noise, run_label(cfg))
+
+
+def fmt(values, scale=100.0, digits=1):
+    """'81.2' for one seed, '81.2 ± 0.4' (std over seeds) for several."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    v = np.array(values) * scale
+    return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def table(runs, extra_columns=()):
+    """A markdown table, one row per (dataset, noise, method), seeds aggregated."""
+    groups = defaultdict(list)
+    for summary, _ in runs:
+        groups[group_key(summary["config"])].append(summary)
+    head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "memorised", "realised noise",
+            "trainable", *extra_columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, noise_name, method), ss in sorted(groups.items()):
+        row = [dataset, noise_name, method, str(len(ss)), fmt([s["best_test_acc"] for s in ss]),
+               fmt([s["last_test_acc"] for s in ss]), fmt([s["noisy_memorized"] for s in ss]),
+               fmt([s["realized_noise_rate"] for s in ss]), f"{ss[0]['trainable_params']:,}"]
+        row += [fmt([s.get(c) for s in ss], scale=1.0, digits=3) for c in extra_columns]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_memorisation(runs, path):
+    """Per-epoch memorised fraction and clean-test accuracy, one line per method, one panel per noise."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plotting needs matplotlib: pip install matplotlib") from None
+    noisy = [(s, m) for s, m in runs if s["config"]["noise"] != "none"]
+    noise_names = sorted({group_key(s["config"])[1] for s, _ in noisy})
+    fig, axes = plt.subplots(2, len(noise_names), figsize=(4.5 * len(noise_names), 6.5), squeeze=False)
+    curves = defaultdict(list)
+    for s, m in noisy:
+        curves[group_key(s["config"])].append(m)
+    for (dataset, noise_name, method), ms in sorted(curves.items()):
+        col = noise_names.index(noise_name)
+        for row, key in enumerate(("noisy_memorized", "test_acc")):
+            y = np.mean([[e[key] for e in m] for m in ms], axis=0)
+            axes[row, col].plot(np.arange(1, len(y) + 1), 100 * y, marker="o", label=method)
+        axes[0, col].set_title(f"{dataset}, {noise_name}")
+    for col in range(len(noise_names)):
+        axes[0, col].set_ylabel("noisy labels memorised (%)")
+        axes[1, col].set_ylabel("clean test accuracy (%)")
+        axes[1, col].set_xlabel("epoch")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main():
+    p = argparse.ArgumentParser(description="Markdown tables and plots from finished runs.")
+    p.add_argument("dirs", nargs="+", help="directories searched recursively for summary.json")
+    p.add_argument("--plot", default=None, help="also write the per-epoch memorisation plot to this PNG")
+    p.add_argument("--extra", default="", help="comma list of extra summary.json keys to show as columns")
+    args = p.parse_args()
+    runs = load_runs(args.dirs)
+    if not runs:
+        raise SystemExit(f"no summary.json below {args.dirs}")
+    print(table(runs, [c for c in args.extra.split(",") if c]))
+    if args.plot:
+        plot_memorisation(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()
