@@ -32,9 +32,11 @@ from tqdm import tqdm
 import data
 import noise
 import peft
+import routing
 from model import Classifier, ModelLoadError, count_params, load_pretrained, mean_pool
 
-METHODS = peft.METHODS
+METHODS = peft.METHODS + ("clear",)
+PEFT_KINDS = ("adapter", "lora", "prefix", "bitfit")  # what CleaR routes
 DEFAULT_LR = {"full": 3e-5, "lora": 5e-4, "adapter": 5e-4, "prefix": 5e-3, "bitfit": 1e-3}  # measured on clean mr, see README
 
 
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", choices=METHODS, default="full", help="what to fine-tune")
+    p.add_argument("--peft", choices=PEFT_KINDS, default="lora", help="the PEFT kind CleaR routes (--method clear)")
     p.add_argument("--dataset", default="mr", help="mr, 20ng, r8, or a .csv/.tsv/.jsonl file with text,label columns")
     p.add_argument("--test_file", default=None, help="test file for a user dataset (else a seeded 20%% split)")
     p.add_argument("--model", default=None, help="BERT directory (config.json, model.safetensors, tokenizer.json); "
@@ -77,9 +80,21 @@ def parse_args(argv=None):
     g.add_argument("--adapter_size", type=int, default=16, help="adapter bottleneck width")
     g.add_argument("--prefix_len", type=int, default=20, help="prefix length P (key/value vectors per layer)")
     g.add_argument("--prefix_mlp", action="store_true", help="train the prefix through a reparameterisation MLP")
+    g = p.add_argument_group("CleaR (routing.py)")
+    g.add_argument("--warmup_epochs", type=int, default=3, help="epochs with gates ~ Bernoulli(base rate) before the "
+                                                                "loss GMM starts routing")
+    g.add_argument("--base_rate", type=float, default=None, help="gate probability r of a surely clean sample "
+                                                                 "(default per kind: adapter 0.7, lora/prefix 0.85, bitfit 0.9)")
+    g.add_argument("--consistency_weight", type=float, default=1.0, help="weight of the KL term to the last epoch's "
+                                                                         "training-set predictions")
+    g.add_argument("--consistency_temp", type=float, default=1.0, help="temperature of that KL term")
+    g.add_argument("--clear_eval", choices=routing.CLEAR_EVAL_MODES, default="all",
+                   help="gates at evaluation: sample ~ Bernoulli(r) (official code), all on, or expected value r")
     args = p.parse_args(argv)
+    if args.method == "clear" and args.base_rate is None:
+        args.base_rate = routing.BASE_RATE[args.peft]
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.method]
+        args.lr = DEFAULT_LR[args.peft if args.method == "clear" else args.method]
     if args.out is None:
         name = os.path.basename(args.dataset).split(".")[0]
         args.out = os.path.join("runs", f"{name}-{args.method}-{args.noise}{args.noise_rate:g}-s{args.seed}")
@@ -91,14 +106,15 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def predict(model, token_ids, batch_size, device, autocast):
+def predict(model, token_ids, batch_size, device, autocast, router):
     """Logits (N, K) as a float32 numpy array, in example order; model in eval mode."""
     model.eval()
-    out = None
+    out, generator = None, torch.Generator().manual_seed(0)  # evaluation gates repeat exactly
     for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
         ids, mask = data.collate(token_ids, idx)
+        gates = router.eval_gates(len(idx), device, generator)
         with autocast():
-            logits = model(ids.to(device), mask.to(device)).float().cpu().numpy()
+            logits = model(ids.to(device), mask.to(device), gates=gates).float().cpu().numpy()
         if out is None:
             out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
@@ -209,7 +225,18 @@ def build_optimizer(model, args, total_steps):
 
 def peft_config(args):
     fields = {f for f in vars(peft.PeftConfig()) if f != "method"}
-    return peft.PeftConfig(method=args.method, **{k: getattr(args, k) for k in fields if hasattr(args, k)})
+    method = args.peft if args.method == "clear" else args.method
+    return peft.PeftConfig(method=method, **{k: getattr(args, k) for k in fields if hasattr(args, k)})
+
+
+def build_router(args, num_train, num_layers):
+    """The method's per-sample routing (routing.py); plain methods get the no-op Routing."""
+    if args.method == "clear":
+        cfg = routing.ClearConfig(base_rate=args.base_rate, warmup_epochs=args.warmup_epochs,
+                                  consistency_weight=args.consistency_weight,
+                                  consistency_temp=args.consistency_temp, eval_mode=args.clear_eval)
+        return routing.ClearRouting(num_train, num_layers, cfg)
+    return routing.Routing()
 
 
 def build_model(args, num_classes):
@@ -241,8 +268,9 @@ def evaluate_saved(args):
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed)
     model, tokenizer = build_model(cfg, len(ds.class_names))
     peft.load_peft(model, args.load)
+    router = build_router(cfg, len(ds.train.labels), model.encoder.config.num_hidden_layers)
     test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)
-    acc = float((predict(model.to(device), test_ids, args.eval_batch_size, device, autocast).argmax(1)
+    acc = float((predict(model.to(device), test_ids, args.eval_batch_size, device, autocast, router).argmax(1)
                  == ds.test.labels).mean())
     print(f"{args.load}: test acc {acc:.4f} (the run reported {saved['last_test_acc']:.4f} after its last epoch)")
     return {"test_acc": acc, "saved_last_test_acc": saved["last_test_acc"]}
@@ -271,6 +299,7 @@ def run(args):
         print(f"data: {note}")
 
     model.to(device)
+    router = build_router(args, len(true), model.encoder.config.num_hidden_layers)
     trainable, total = count_params(model)
     print(f"{args.method}: {peft.param_summary(model)}")
 
@@ -282,23 +311,27 @@ def run(args):
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
+        router.load_state_dict(ckpt["router"])
         history, start_epoch, wall_before = ckpt["history"], ckpt["epoch"] + 1, ckpt["wall_s"]
         print(f"resumed from {args.out} after epoch {start_epoch}")
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:  # rewritten from the checkpoint's history
         f.writelines(json.dumps(m) + "\n" for m in history)
 
-    observed_t, train_seen, train_time = torch.from_numpy(observed), 0, 0.0
+    train_seen, train_time = 0, 0.0
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        t0, losses = time.time(), []
+        t0, losses, aux_sums = time.time(), [], {}
         batches = data.iterate_batches(train_ids, observed, true, args.batch_size, args.seed, epoch, shuffle=True)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=args.no_progress)
         for batch in bar:
             ids, mask, y = batch.input_ids.to(device), batch.attention_mask.to(device), batch.label.to(device)
             with autocast():
-                logits = model(ids, mask)
-            loss = F.cross_entropy(logits.float(), y)
+                logits = model(ids, mask, gates=router.gates(batch.index))
+            aux = router.aux_loss(logits, batch.index)  # the method's extra losses, returned explicitly
+            loss = F.cross_entropy(logits.float(), y) + sum(aux.values())
+            for k, v in aux.items():
+                aux_sums[k] = aux_sums.get(k, 0.0) + v.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -309,13 +342,15 @@ def run(args):
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         train_time += time.time() - t0
         train_seen += len(train_ids)
-        assert len(observed_t) == len(true)
 
-        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast).argmax(1)
-        train_pred = predict(model, train_ids, args.eval_batch_size, device, autocast).argmax(1)
+        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast, router).argmax(1)
+        # one pass over the training set serves both the memorisation metrics and CleaR's loss GMM
+        train_logits = predict(model, train_ids, args.eval_batch_size, device, autocast, router)
         m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+             **{f"train_{k}": v / len(losses) for k, v in aux_sums.items()},
              "test_acc": float((test_pred == ds.test.labels).mean()),
-             **memorisation(train_pred, observed, true),
+             **memorisation(train_logits.argmax(1), observed, true),
+             **router.after_epoch(epoch, train_logits, observed, true),
              "lr": sched.get_last_lr()[0], "epoch_s": time.time() - t0}
         history.append(m)
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
@@ -326,7 +361,7 @@ def run(args):
         save_checkpoint(os.path.join(args.out, "checkpoint.pt"), {
             "config": vars(args), "epoch": epoch, "trainable": trainable_state(model),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(), "history": history,
+            "torch_rng": torch.get_rng_state(), "router": router.state_dict(), "history": history,
             "wall_s": wall_before + time.time() - t_start})
 
     peft.save_peft(model, args.out, extra={"class_names": ds.class_names})
@@ -342,7 +377,9 @@ def run(args):
         "num_classes": K, "trainable_params": trainable, "total_params": total,
         "wall_s": wall_before + time.time() - t_start,
         "samples_per_s": train_seen / train_time if train_time else None,
-        "peak_mem_mb": peak_mb, "device": device.type, "config": vars(args),
+        "peak_mem_mb": peak_mb, "device": device.type,
+        **({"gmm_auroc": history[-1]["gmm_auroc"]} if "gmm_auroc" in history[-1] else {}),
+        "config": vars(args),
     }
     write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"done: best test acc {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}), "

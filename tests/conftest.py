@@ -15,11 +15,11 @@ TINY_CONFIG = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_head
                          intermediate_size=64, max_position_embeddings=64)
 
 
-def make_model_dir(path, cfg=TINY_CONFIG, seed=0):
+def make_model_dir(path, cfg=TINY_CONFIG, seed=0, encoder=None):
     """Write config.json, model.safetensors (Hugging Face names) and tokenizer.json."""
     torch.manual_seed(seed)
     os.makedirs(path, exist_ok=True)
-    save_encoder_weights(Encoder(cfg), os.path.join(path, "model.safetensors"))
+    save_encoder_weights(encoder or Encoder(cfg), os.path.join(path, "model.safetensors"))
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({**vars(cfg), "model_type": "bert"}, f)
     shutil.copy(os.path.join(default_model_dir(), "tokenizer.json"), path)
@@ -54,3 +54,20 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     return make_text_dataset(tmp_path_factory.mktemp("data") / "toy.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_dir(tiny_model_dir, tiny_dataset, tmp_path_factory):
+    """The tiny model after full fine-tuning on the clean toy task: an encoder whose [CLS]
+    state already carries the keyword, standing in for a pretrained one where a test needs
+    a frozen encoder that PEFT can build on (a random frozen encoder gives PEFT nothing)."""
+    import train
+    from safetensors.torch import load_file
+    out = tmp_path_factory.mktemp("pretraining")
+    train.main(["--model", tiny_model_dir, "--dataset", tiny_dataset, "--out", str(out / "run"), "--method", "full",
+                "--noise", "none", "--lr", "1e-2", "--warmup_ratio", "0", "--batch_size", "16", "--epochs", "3",
+                "--no_progress"])
+    state = load_file(out / "run" / "peft.safetensors")
+    encoder = Encoder(TINY_CONFIG)
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+    return make_model_dir(out / "model", encoder=encoder)

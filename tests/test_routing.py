@@ -1,0 +1,119 @@
+"""CleaR: the loss GMM, gate statistics, the consistency term, and a short noisy run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import routing
+import train
+
+
+def test_em_recovers_a_known_mixture():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0.2, 0.05, 6000), rng.normal(0.7, 0.1, 4000)]
+    gmm = routing.fit_gmm(rng.permutation(x))
+    np.testing.assert_allclose(gmm.means, [0.2, 0.7], atol=0.01)
+    np.testing.assert_allclose(np.sqrt(gmm.variances), [0.05, 0.1], atol=0.01)
+    np.testing.assert_allclose(gmm.weights, [0.6, 0.4], atol=0.02)
+    w = gmm.posterior_low(np.array([0.1, 0.45, 1.0]))
+    assert w[0] > 0.99 and w[2] < 0.01 and 0 < w[1] < 1
+
+
+@pytest.mark.parametrize("x", [np.full(50, 0.3), np.zeros(1000), np.r_[np.zeros(999), 1.0]])
+def test_em_is_stable_on_degenerate_input(x):
+    gmm = routing.fit_gmm(x)
+    w = gmm.posterior_low(x)
+    assert np.all(np.isfinite(w)) and np.all((w >= 0) & (w <= 1))
+    assert np.all(np.isfinite(gmm.means)) and np.all(gmm.variances > 0)
+
+
+def test_posterior_far_in_the_tails_does_not_underflow():
+    gmm = routing.GaussianMixture1D(np.array([0.0, 1.0]), np.array([1e-4, 1e-4]), np.array([0.5, 0.5]))
+    w = gmm.posterior_low(np.array([-50.0, 50.0]))
+    assert np.all(np.isfinite(w)) and w[0] == 1.0 and w[1] == 0.0
+
+
+def test_auroc_equals_pairwise_definition():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, 200).astype(float)  # many ties
+    pos = rng.random(200) < 0.4
+    pairs = scores[pos][:, None] - scores[~pos][None, :]
+    expected = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
+    assert routing.auroc(scores, pos) == pytest.approx(expected)
+
+
+def make_router(n=6, layers=3, base_rate=0.8, **kw):
+    return routing.ClearRouting(n, layers, routing.ClearConfig(base_rate=base_rate, **kw))
+
+
+def test_gate_probability_is_base_rate_times_clean_probability():
+    router = make_router()
+    router.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
+    index = torch.tensor([0, 1, 2, 3, 4, 5])
+    torch.testing.assert_close(router.gate_prob(index), 0.8 * router.clean_prob)
+
+
+def test_gate_frequencies_match_their_probabilities():
+    torch.manual_seed(0)
+    router = make_router(layers=4)
+    router.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
+    index = torch.arange(6)
+    draws = torch.stack([router.gates(index) for _ in range(4000)])  # (4000, 6, 4)
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    p = (0.8 * router.clean_prob)[:, None].expand(6, 4)
+    freq = draws.mean(0)
+    sigma = (p * (1 - p) / 4000).sqrt().clamp_min(1e-3)
+    assert ((freq - p).abs() < 4 * sigma).all()
+    # gates differ across layers of one sample (per-layer draws, not one per batch or sample)
+    assert (draws[:, 1].std(1) > 0).float().mean() > 0.3
+
+
+def test_evaluation_gate_modes():
+    router = make_router(eval_mode="expected")
+    g = router.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
+    assert torch.equal(g, torch.full((5, 3), 0.8))
+    assert make_router(eval_mode="all").eval_gates(5, "cpu", None) is None
+    sample = make_router(eval_mode="sample")
+    a = sample.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
+    b = sample.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_consistency_is_zero_at_the_teacher_and_positive_elsewhere():
+    router = make_router(n=4)
+    assert router.aux_loss(torch.randn(2, 3), torch.tensor([0, 1])) == {}  # no teacher before warm-up ends
+    router.teacher = torch.randn(4, 3)
+    index = torch.tensor([2, 0])
+    same = router.aux_loss(router.teacher[index].clone(), index)["consistency"]
+    assert same.abs().item() < 1e-6
+    other = router.aux_loss(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0]), index)["consistency"]
+    assert other.item() > 0.01
+
+
+def test_after_epoch_waits_for_warmup_then_routes_small_loss_samples_more():
+    router = make_router(n=6, warmup_epochs=2)
+    observed = np.array([0, 0, 0, 1, 1, 1])
+    true = np.array([0, 0, 0, 1, 0, 0])  # samples 4 and 5 carry wrong labels
+    logits = np.array([[3, -3], [2.5, -2.5], [3.5, -3.5], [-3, 3], [3, -3], [2.8, -2.8]], dtype=np.float32)
+    m = router.after_epoch(0, logits, observed, true)  # still warming up
+    assert torch.equal(router.clean_prob, torch.ones(6)) and router.teacher is None
+    assert m["gate_rate_clean"] == m["gate_rate_noisy"] == pytest.approx(0.8)
+    m = router.after_epoch(1, logits, observed, true)
+    assert m["gmm_auroc"] == 1.0 and m["gate_rate_clean"] > m["gate_rate_noisy"]
+    assert router.teacher is not None
+
+
+def test_short_noisy_run_routes_clean_samples_more(tiny_pretrained_dir, tiny_dataset, tmp_path):
+    """With an encoder that knows the keywords, the flipped labels get large losses, the GMM
+    finds them, and their PEFT modules are switched on less often than the clean samples'."""
+    train.main(["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--out", str(tmp_path), "--method", "clear",
+                "--peft", "lora", "--lr", "1e-2", "--warmup_ratio", "0", "--batch_size", "16", "--epochs", "4",
+                "--warmup_epochs", "2", "--noise", "sym", "--noise_rate", "0.3", "--no_progress"])
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    last = metrics[-1]
+    assert last["gmm_auroc"] > 0.7
+    assert last["gate_rate_clean"] > last["gate_rate_noisy"] + 0.2
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["gmm_auroc"] == last["gmm_auroc"]
