@@ -256,14 +256,17 @@ def pick_device(name):
     return device, autocast
 
 
-def evaluate_saved(args):
+def evaluate_saved(args, argv=None):
     """--eval_only: rebuild a finished run from its saved config and PEFT weights, report its test accuracy."""
     summary_path = os.path.join(args.load or "", "summary.json")
     if not os.path.isfile(summary_path):
         raise RunError(f"--eval_only needs --load DIR of a finished run; {summary_path} not found")
     with open(summary_path) as f:
         saved = json.load(f)
+    # the saved run's settings, except how to evaluate: device and (for CleaR) the gate mode may be changed
     cfg = argparse.Namespace(**{**vars(args), **saved["config"], "device": args.device})
+    if "--clear_eval" in (argv or sys.argv):
+        cfg.clear_eval = args.clear_eval
     device, autocast = pick_device(cfg.device)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed)
     model, tokenizer = build_model(cfg, len(ds.class_names))
@@ -306,6 +309,7 @@ def run(args):
     steps_per_epoch = len(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0))
     opt, sched = build_optimizer(model, args, steps_per_epoch * args.epochs)
     history, start_epoch, wall_before = [], 0, 0.0
+    sample_losses = []  # per epoch, each training sample's loss on its observed label (for plots)
     if ckpt is not None:
         model.load_state_dict(ckpt["trainable"], strict=False)
         opt.load_state_dict(ckpt["optimizer"])
@@ -313,6 +317,7 @@ def run(args):
         torch.set_rng_state(ckpt["torch_rng"])
         router.load_state_dict(ckpt["router"])
         history, start_epoch, wall_before = ckpt["history"], ckpt["epoch"] + 1, ckpt["wall_s"]
+        sample_losses = ckpt["sample_losses"]
         print(f"resumed from {args.out} after epoch {start_epoch}")
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:  # rewritten from the checkpoint's history
         f.writelines(json.dumps(m) + "\n" for m in history)
@@ -353,6 +358,8 @@ def run(args):
              **router.after_epoch(epoch, train_logits, observed, true),
              "lr": sched.get_last_lr()[0], "epoch_s": time.time() - t0}
         history.append(m)
+        sample_losses.append(F.cross_entropy(torch.from_numpy(train_logits), torch.from_numpy(observed),
+                                             reduction="none").numpy())
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(m) + "\n")
         mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
@@ -361,10 +368,12 @@ def run(args):
         save_checkpoint(os.path.join(args.out, "checkpoint.pt"), {
             "config": vars(args), "epoch": epoch, "trainable": trainable_state(model),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(), "router": router.state_dict(), "history": history,
+            "torch_rng": torch.get_rng_state(), "router": router.state_dict(), "history": history, "sample_losses": sample_losses,
             "wall_s": wall_before + time.time() - t_start})
 
     peft.save_peft(model, args.out, extra={"class_names": ds.class_names})
+    np.savez_compressed(os.path.join(args.out, "per_sample.npz"), loss=np.stack(sample_losses),
+                        observed=observed, true=true)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:  # ru_maxrss is in KiB on Linux
@@ -393,7 +402,7 @@ EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, peft.PeftEr
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return evaluate_saved(args) if args.eval_only else run(args)
+        return evaluate_saved(args, argv) if args.eval_only else run(args)
     except EXPECTED_ERRORS as e:  # bad input: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
