@@ -13,15 +13,15 @@ References:
    noisy samples (small-loss samples are more likely clean).
 
 Every training method plugs into train.py through the same small interface (`Routing`):
-    gates(index)                   -> (B, L) per-sample, per-layer PEFT gates, or None
-    aux_loss(logits, index)        -> dict of extra losses, added to the cross-entropy
+    gates(batch)                   -> (B, L) per-sample, per-layer PEFT gates, or None
+    aux_loss(logits, batch)        -> dict of extra losses, added to the cross-entropy
     eval_gates(batch_size, device, generator) -> gates for evaluation passes, or None
     after_epoch(logits, obs, true) -> refit per-sample state from the training-set pass; metrics
 
 Usage:
     router = ClearRouting(num_train, num_layers, peft_kind="lora")
-    logits = model(ids, mask, gates=router.gates(index))
-    loss = F.cross_entropy(logits, y) + sum(router.aux_loss(logits, index).values())
+    logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
+    loss = F.cross_entropy(logits, batch.label) + sum(router.aux_loss(logits, batch).values())
 """
 
 from dataclasses import dataclass
@@ -34,10 +34,10 @@ import torch.nn.functional as F
 class Routing:
     """No routing: plain training (full fine-tuning or a plain PEFT method)."""
 
-    def gates(self, index):
+    def gates(self, batch):
         return None
 
-    def aux_loss(self, logits, index):
+    def aux_loss(self, logits, batch):
         return {}
 
     def eval_gates(self, batch_size, device, generator):
@@ -157,7 +157,8 @@ class ClearRouting(Routing):
         """(B,) probability r * w_i that sample i's PEFT modules are on in any one layer."""
         return self.cfg.base_rate * self.clean_prob[index.cpu()]
 
-    def gates(self, index):
+    def gates(self, batch):
+        index = batch.index
         p = self.gate_prob(index)[:, None].expand(-1, self.num_layers)  # (B, L)
         return torch.bernoulli(p).to(index.device)  # a fresh draw per sample, per layer, per step
 
@@ -170,12 +171,12 @@ class ClearRouting(Routing):
             return torch.full((batch_size, L), r, device=device)
         return torch.bernoulli(torch.full((batch_size, L), r), generator=generator).to(device)
 
-    def aux_loss(self, logits, index):
+    def aux_loss(self, logits, batch):
         """KL(softmax(t/T) || softmax(z/T)) against the stored teacher (Sec. 4.3); zero before one exists."""
         if self.teacher is None or self.cfg.consistency_weight == 0:
             return {}
         T = self.cfg.consistency_temp
-        teacher = F.log_softmax(self.teacher[index.cpu()].to(logits.device) / T, dim=-1)
+        teacher = F.log_softmax(self.teacher[batch.index.cpu()].to(logits.device) / T, dim=-1)
         student = F.log_softmax(logits.float() / T, dim=-1)
         kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
         return {"consistency": self.cfg.consistency_weight * kl}

@@ -330,11 +330,11 @@ def run(args):
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=args.no_progress)
         for batch in bar:
-            ids, mask, y = batch.input_ids.to(device), batch.attention_mask.to(device), batch.label.to(device)
+            batch = data.Batch(*(t.to(device) for t in batch))
             with autocast():
-                logits = model(ids, mask, gates=router.gates(batch.index))
-            aux = router.aux_loss(logits, batch.index)  # the method's extra losses, returned explicitly
-            loss = F.cross_entropy(logits.float(), y) + sum(aux.values())
+                logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
+            aux = router.aux_loss(logits, batch)  # the method's extra losses, returned explicitly
+            loss = F.cross_entropy(logits.float(), batch.label) + sum(aux.values())
             for k, v in aux.items():
                 aux_sums[k] = aux_sums.get(k, 0.0) + v.item()
             opt.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import routing
+from data import Batch
 import train
 
 
@@ -60,7 +61,7 @@ def test_gate_frequencies_match_their_probabilities():
     router = make_router(layers=4)
     router.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
     index = torch.arange(6)
-    draws = torch.stack([router.gates(index) for _ in range(4000)])  # (4000, 6, 4)
+    draws = torch.stack([router.gates(Batch(None, None, index, None, None)) for _ in range(4000)])  # (4000, 6, 4)
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     p = (0.8 * router.clean_prob)[:, None].expand(6, 4)
     freq = draws.mean(0)
@@ -83,12 +84,13 @@ def test_evaluation_gate_modes():
 
 def test_consistency_is_zero_at_the_teacher_and_positive_elsewhere():
     router = make_router(n=4)
-    assert router.aux_loss(torch.randn(2, 3), torch.tensor([0, 1])) == {}  # no teacher before warm-up ends
+    batch = lambda index: Batch(None, None, index, None, None)
+    assert router.aux_loss(torch.randn(2, 3), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
     router.teacher = torch.randn(4, 3)
     index = torch.tensor([2, 0])
-    same = router.aux_loss(router.teacher[index].clone(), index)["consistency"]
+    same = router.aux_loss(router.teacher[index].clone(), batch(index))["consistency"]
     assert same.abs().item() < 1e-6
-    other = router.aux_loss(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0]), index)["consistency"]
+    other = router.aux_loss(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0]), batch(index))["consistency"]
     assert other.item() > 0.01
 
 
