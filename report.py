@@ -10,6 +10,7 @@ draws the per-epoch memorisation curves (matplotlib, optional).
 Usage:
     python report.py runs/t2                        # markdown table on stdout
     python report.py runs/t3 --plot assets/memorisation.png
+    python report.py runs/t4/clear --gmm_plot assets/gmm.png --gmm_epoch 4
 """
 
 import argparse
@@ -40,9 +41,10 @@ def run_label(cfg):
     return f"{cfg['method']} ({peft})" if peft and cfg["method"] in ("clear", "match") else cfg["method"]
 
 
-def group_key(cfg):
+def group_key(cfg, by_lr=False):
     noise = "none" if cfg["noise"] == "none" else f"{cfg['noise']} {cfg['noise_rate']:g}"
-    return (os.path.basename(cfg["dataset"]), noise, run_label(cfg))
+    method = run_label(cfg) + (f", lr {cfg['lr']:g}" if by_lr else "")
+    return (os.path.basename(cfg["dataset"]), noise, method)
 
 
 def fmt(values, scale=100.0, digits=1):
@@ -54,11 +56,11 @@ def fmt(values, scale=100.0, digits=1):
     return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
-def table(runs, extra_columns=()):
+def table(runs, extra_columns=(), by_lr=False):
     """A markdown table, one row per (dataset, noise, method), seeds aggregated."""
     groups = defaultdict(list)
     for summary, _ in runs:
-        groups[group_key(summary["config"])].append(summary)
+        groups[group_key(summary["config"], by_lr)].append(summary)
     head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "memorised", "realised noise",
             "trainable", *extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -102,16 +104,53 @@ def plot_memorisation(runs, path):
     print(f"wrote {path}")
 
 
+def plot_gmm(run_dir, epoch, path):
+    """Histogram of one epoch's per-sample losses (min-max normalised, as CleaR fits them),
+    coloured by truly clean / truly noisy, with the two fitted Gaussians on top."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from routing import fit_gmm
+    d = np.load(os.path.join(run_dir, "per_sample.npz"))
+    loss = d["loss"][epoch - 1]
+    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
+    clean = d["observed"] == d["true"]
+    gmm = fit_gmm(x)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = np.linspace(0, 1, 41)
+    ax.hist([x[clean], x[~clean]], bins=bins, stacked=True, density=False, color=["tab:blue", "tab:red"],
+            label=[f"truly clean ({clean.sum()})", f"truly noisy ({(~clean).sum()})"])
+    grid = np.linspace(0, 1, 400)
+    width = bins[1] - bins[0]
+    for k, name in enumerate(("clean component", "noisy component")):
+        pdf = np.exp(-0.5 * (grid - gmm.means[k]) ** 2 / gmm.variances[k]) / np.sqrt(2 * np.pi * gmm.variances[k])
+        ax.plot(grid, len(x) * width * gmm.weights[k] * pdf, lw=2, color=["navy", "darkred"][k], label=name)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel("normalised training loss on the observed label")
+    ax.set_ylabel("samples")
+    cfg = json.load(open(os.path.join(run_dir, "summary.json")))["config"]
+    ax.set_title(f"{run_label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}, after epoch {epoch}", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main():
     p = argparse.ArgumentParser(description="Markdown tables and plots from finished runs.")
     p.add_argument("dirs", nargs="+", help="directories searched recursively for summary.json")
     p.add_argument("--plot", default=None, help="also write the per-epoch memorisation plot to this PNG")
     p.add_argument("--extra", default="", help="comma list of extra summary.json keys to show as columns")
+    p.add_argument("--by_lr", action="store_true", help="one row per learning rate (for LR sweeps)")
+    p.add_argument("--gmm_plot", default=None, help="write CleaR's loss histogram + fitted GMM of the first run here")
+    p.add_argument("--gmm_epoch", type=int, default=4, help="which epoch's losses --gmm_plot shows")
     args = p.parse_args()
+    if args.gmm_plot:
+        return plot_gmm(args.dirs[0], args.gmm_epoch, args.gmm_plot)
     runs = load_runs(args.dirs)
     if not runs:
         raise SystemExit(f"no summary.json below {args.dirs}")
-    print(table(runs, [c for c in args.extra.split(",") if c]))
+    print(table(runs, [c for c in args.extra.split(",") if c], args.by_lr))
     if args.plot:
         plot_memorisation(runs, args.plot)
 
