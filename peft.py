@@ -426,14 +426,15 @@ def read_peft_config(out_dir):
         raise PeftError(f"{path}: not found (not a PEFT checkpoint directory?)") from None
     except json.JSONDecodeError as e:
         raise PeftError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict) or d.get("method") not in METHODS:
+    if not isinstance(d, dict) or d.get("method") not in METHODS + ("loramoe",):  # loramoe: routing.py
         raise PeftError(f"{path}: no valid 'method' entry")
     return d
 
 
 # settings that change what the saved tensors mean, checked before any tensor is copied
 _MUST_MATCH = {"lora": ("lora_r", "lora_alpha", "lora_targets"), "adapter": ("adapter_kind", "adapter_size"),
-               "prefix": ("prefix_len", "prefix_mlp"), "bitfit": (), "full": ()}
+               "prefix": ("prefix_len", "prefix_mlp"), "bitfit": (), "full": (),
+               "loramoe": ("n_experts", "r", "alpha")}
 
 
 def _same_setting(key, saved, ours):

@@ -1,6 +1,11 @@
 """
-Routing ideas for learning with noisy labels. This file holds CleaR, which routes each
-*sample* through the PEFT modules only as often as it looks clean.
+Three routing ideas for learning with noisy labels:
+- CleaR routes *samples* to PEFT modules: each sample passes through them only as often
+  as it looks clean;
+- LoRAMoE routes *tokens* to LoRA experts, with a balancing constraint that can make two
+  expert groups serve two kinds of samples (here: suspected clean vs suspected noisy);
+- Match-Tuning routes *instances* to each other: each representation is mixed with the
+  batch's before the classifier.
 
 References:
 1) Kim, Kim, Lee 2024, "CleaR: Towards Robust and Generalized Parameter-Efficient
@@ -11,6 +16,11 @@ References:
 2) Arazo et al. 2019, "Unsupervised Label Noise Modeling and Loss Correction", ICML, and
    Li et al. 2020, "DivideMix", ICLR, Sec. 3.1 - the loss-GMM that separates clean from
    noisy samples (small-loss samples are more likely clean).
+3) Dou et al. 2024, "LoRAMoE: Alleviating World Knowledge Forgetting in Large Language
+   Models via MoE-Style Plugin", ACL. Sec. 3.1 (LoRA experts + router in the FFN),
+   Sec. 3.2 (localized balancing constraint).
+4) Tong et al. 2022, "Robust Fine-tuning via Perturbation and Interpolation from
+   In-batch Instances" (Match-Tuning), IJCAI, Sec. 3.
 
 Every training method plugs into train.py through the same small interface (`Routing`):
     gates(batch)                   -> (B, L) per-sample, per-layer PEFT gates, or None
@@ -24,11 +34,19 @@ Usage:
     loss = F.cross_entropy(logits, batch.label) + sum(router.aux_loss(logits, batch).values())
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+import peft
+
+
+class RoutingError(ValueError):
+    """An impossible routing setting (base rate, temperature, expert count, ...)."""
 
 
 class Routing:
@@ -146,9 +164,9 @@ class ClearRouting(Routing):
 
     def __init__(self, num_train, num_layers, cfg):
         if not 0 < cfg.base_rate <= 1:
-            raise ValueError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
+            raise RoutingError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
         if cfg.eval_mode not in CLEAR_EVAL_MODES:
-            raise ValueError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.eval_mode!r}")
+            raise RoutingError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.eval_mode!r}")
         self.cfg, self.num_layers = cfg, num_layers
         self.clean_prob = torch.ones(num_train)  # w_i; 1 during warm-up, so gates ~ Bernoulli(r)
         self.teacher = None                      # (N, K) logits of the last training-set pass
@@ -209,3 +227,250 @@ class ClearRouting(Routing):
 
     def load_state_dict(self, state):
         self.clean_prob, self.teacher = state["clean_prob"], state["teacher"]
+
+
+# ----------------------------------------------------------------------------
+# LoRAMoE (tokens -> experts) and Match-Tuning (instances -> instances)
+
+
+def _fp32(t):
+    """A context where autocast is off, so router/similarity softmaxes stay in fp32 (bf16 rounds the logits)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
+@dataclass
+class LoRAMoEConfig:
+    n_experts: int = 6     # N LoRA experts per wrapped linear
+    r: int = 4             # rank of each expert
+    alpha: float = 32      # expert deltas are scaled by alpha / r (8 by default)
+    dropout: float = 0.05  # dropout on the experts' input (not the router's)
+    delta: float = 0.1     # localized balancing: coefficients are 1 -/+ delta
+    beta: float = 0.1      # weight of the balance loss
+    types: str = "none"    # sample types: "none" (plain balance) or "clean" (loss-GMM clean/noisy split)
+    warmup_epochs: int = 3  # types="clean": epochs of plain balance before the GMM types samples
+    method: str = field(default="loramoe", init=False)  # read by peft.save_peft / load_peft
+
+    def __post_init__(self):
+        if self.types not in ("none", "clean"):
+            raise RoutingError(f"--moe_types must be none or clean, got {self.types!r}")
+        if self.n_experts < (2 if self.types == "clean" else 1) or self.r < 1:
+            raise RoutingError(f"LoRAMoE needs r >= 1 and n_experts >= 2 for two groups, got {self.n_experts}, {self.r}")
+        if not 0 <= self.delta < 1:
+            raise RoutingError(f"--moe_delta must be in [0, 1), got {self.delta}")
+
+
+class LoRAMoELinear(nn.Module):
+    """Dou et al. 2024, Sec. 3.1: N LoRA experts on a frozen linear, mixed per token by a router.
+        y = base(x) + gate * (alpha/r) * sum_i g_i(x) B_i A_i dropout(x),  g = softmax(W_r x)
+    The mix is dense (every expert, every token). B_i = 0 at init, so the module is the
+    identity whatever the router says. The routing weights of the last forward are kept
+    in `last_route` (B, T, N) fp32, with their graph, for the balance loss that
+    LoRAMoERouting.aux_loss returns."""
+
+    def __init__(self, base, n_experts, r, alpha, dropout):
+        super().__init__()
+        self.base, self.n_experts, self.r, self.scaling = base, n_experts, r, alpha / r
+        w = base.weight  # (out, in), frozen
+        A = torch.empty(n_experts, r, base.in_features, dtype=w.dtype, device=w.device)
+        for a in A:  # per expert, so the fan-in is `in` (on the 3-D tensor it would be r * in)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_A = nn.Parameter(A)                                                    # (N, r, in)
+        self.lora_B = nn.Parameter(torch.zeros(n_experts, base.out_features, r, dtype=w.dtype, device=w.device))
+        self.router_weight = nn.Parameter(torch.empty(n_experts, base.in_features, device=w.device))  # (N, in), fp32
+        nn.init.kaiming_uniform_(self.router_weight, a=math.sqrt(5))  # nn.Linear's init, as the official router
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.last_route = None
+
+    def forward(self, x, gate=None):
+        y = self.base(x, gate)                                                    # (B, T, out)
+        with _fp32(x):
+            g = torch.softmax(F.linear(x.float(), self.router_weight.float()), -1)  # (B, T, N) fp32
+        self.last_route = g
+        a = torch.einsum("bti,nri->btnr", self.lora_dropout(x), self.lora_A)      # (B, T, N, r)
+        a = a * g.to(a.dtype)[..., None]  # weight each expert before B: sum_i B_i (g_i A_i x)
+        h = torch.einsum("btnr,nor->bto", a, self.lora_B)                        # (B, T, out)
+        scale = self.scaling if gate is None else gate.to(h.dtype)[:, None, None] * self.scaling
+        return y + h * scale
+
+    def extra_repr(self):
+        return f"n_experts={self.n_experts}, r={self.r}, scaling={self.scaling:g}"
+
+
+def inject_loramoe(model, cfg):
+    """Wrap every layer's ffn_in and ffn_out (BERT intermediate.dense, output.dense), freeze
+    all but lora_/router_ and the head, and record cfg as model.peft_config (method "loramoe")."""
+    if getattr(model, "peft_config", None) is not None:
+        raise peft.PeftError(f"the model already has {model.peft_config.method!r} injected")
+    for layer in model.encoder.layers:
+        for name in ("ffn_in", "ffn_out"):
+            moe = LoRAMoELinear(getattr(layer, name), cfg.n_experts, cfg.r, cfg.alpha, cfg.dropout)
+            setattr(layer, name, moe.train(model.training))  # keep the model's mode (dropout off in eval)
+    model.peft_config = replace(cfg)
+    return peft.mark_trainable(model)
+
+
+def balance_loss(route, mask, types, delta, beta):
+    """Localized balancing constraint (Dou et al. 2024, Sec. 3.2) for one wrapped linear.
+    route (B, T, N) routing weights; mask (B, T) 1 = real token; types (B,) 0/1 or None.
+    Q[m, i] = sum of g_i over sample m's real tokens (the official code also counts padding);
+    loss = beta * Var(C * Q) / Mean(C * Q)^2 over all B*N entries, population variance.
+
+    Direction: the minimum makes C * Q equal, so experts with the *smaller* coefficient get
+    *more* mass. Group 0 = experts [0, N//2), group 1 = the rest. We set C = 1 - delta where
+    the expert's group equals the sample's type (the group that serves it) and 1 + delta
+    elsewhere, so clean samples (type 0) are served by group 0 and suspected-noisy ones
+    (type 1) by group 1; at the optimum the serving group holds (1 + delta) / 2 of a
+    sample's mass. types None: C = 1, plain balance over all experts."""
+    Q = (route * mask[..., None].to(route.dtype)).sum(1)  # (B, N)
+    Z = Q
+    if types is not None:
+        group = (torch.arange(Q.size(1), device=Q.device) >= Q.size(1) // 2).long()  # (N,)
+        Z = Q * torch.where(group[None] == types[:, None], 1 - delta, 1 + delta)      # (B, N)
+    return beta * Z.var(correction=0) / (Z.mean() ** 2 + 1e-10)
+
+
+class LoRAMoERouting(Routing):
+    """Returns the balance loss of every LoRAMoE module; with types="clean" the sample types
+    come from a CleaR-style loss GMM (Sec. 4.1 of CleaR) refitted after every epoch; logs
+    how much routing mass each expert group gives truly clean vs truly noisy samples."""
+
+    def __init__(self, model, num_train, cfg):
+        self.cfg, self.modules = cfg, [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
+        if not self.modules:
+            raise RoutingError("the model has no LoRAMoE layers; call inject_loramoe(model, cfg) first")
+        self.types = torch.zeros(num_train, dtype=torch.long)  # 1 = suspected noisy
+        self.typed = False  # False: plain balance (types="none", or still warming up)
+        self._reset()
+
+    def _reset(self):
+        self.sums = torch.zeros(2, 2, dtype=torch.float64)  # [truly clean/noisy, group 0/1] of routing shares
+        self.counts = torch.zeros(2, dtype=torch.float64)
+        self.loss_sum, self.steps = 0.0, 0
+
+    def aux_loss(self, logits, batch):
+        if any(m.last_route is None for m in self.modules):
+            raise RuntimeError("aux_loss needs a forward pass through the LoRAMoE model first")
+        types = self.types[batch.index.cpu()].to(batch.index.device) if self.typed else None
+        mask = batch.attention_mask
+        loss = sum(balance_loss(m.last_route, mask, types, self.cfg.delta, self.cfg.beta) for m in self.modules)
+        with torch.no_grad():  # per sample: group 0's share, mean over real tokens and wrapped layers
+            w = mask.double() / mask.sum(1, keepdim=True).double()                        # (B, T)
+            share0 = sum((m.last_route[..., : m.n_experts // 2].sum(-1).double() * w).sum(1)
+                         for m in self.modules) / len(self.modules)                      # (B,)
+            noisy = (batch.label != batch.true_label).long().cpu()
+            share = torch.stack([share0, 1 - share0], 1).cpu()                           # (B, 2)
+            self.sums.index_add_(0, noisy, share)
+            self.counts.index_add_(0, noisy, torch.ones(len(noisy), dtype=torch.float64))
+        self.loss_sum, self.steps = self.loss_sum + float(loss.detach()), self.steps + 1
+        return {"balance": loss}
+
+    def after_epoch(self, epoch, train_logits, observed, true):
+        m = {f"moe_g{g}_{kind}": (float(self.sums[k, g] / self.counts[k]) if self.counts[k] else None)
+             for k, kind in enumerate(("clean", "noisy")) for g in (0, 1)}
+        m["moe_balance"] = self.loss_sum / self.steps if self.steps else None
+        self._reset()
+        if self.cfg.types == "clean":  # CleaR's recipe: CE on the observed label, min-max, GMM
+            loss = F.cross_entropy(torch.as_tensor(train_logits).float(), torch.as_tensor(observed),
+                                   reduction="none").numpy()
+            x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
+            w = fit_gmm(x).posterior_low(x)
+            if epoch + 1 >= self.cfg.warmup_epochs:  # the new types apply from the next epoch on
+                self.types, self.typed = torch.as_tensor(w < 0.5).long(), True
+            m["moe_gmm_auroc"] = auroc(w, observed == true)
+            m["moe_typed_noisy"] = float(self.types.float().mean())
+        return m
+
+    def state_dict(self):
+        return {"types": self.types, "typed": self.typed}
+
+    def load_state_dict(self, state):
+        self.types, self.typed = state["types"], state["typed"]
+
+
+class MatchHead(nn.Module):
+    """Tong et al. 2022, Sec. 3: each [CLS] representation is replaced by a softmax-weighted
+    mix of the batch's representations before the classifier.
+        z = match_dense(h) (B, C);  S = z z^T / tau (B, B);  M = row-softmax(S);  z~ = M z
+    S uses the raw dot product and includes the example itself. Early in training the
+    mix perturbs each example with others; later same-label examples dominate (Sec. 3.2).
+    tau -> 0 gives z~ = z when each example is its own nearest neighbour in dot product
+    (e.g. equal norms, as after a LayerNorm); a much longer z_j can still attract row i.
+    Evaluation uses the plain z, so a prediction never depends on the rest of the batch;
+    eval_mix=True keeps the mix. match_dense starts as the identity with zero bias: the
+    first similarities are those of the pretrained [CLS] states, and the plain path
+    equals the old head (replace_head_with_match copies it), so nothing is lost at step 0."""
+
+    def __init__(self, hidden, num_classes, tau, eval_mix=False, dropout=0.1):
+        super().__init__()
+        if not tau > 0:
+            raise RoutingError(f"--match_tau must be > 0, got {tau}")
+        self.tau, self.eval_mix = tau, eval_mix
+        self.match_dense = nn.Linear(hidden, hidden)
+        with torch.no_grad():
+            self.match_dense.weight.copy_(torch.eye(hidden))
+            self.match_dense.bias.zero_()
+        self.dropout = nn.Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
+        self.classifier = nn.Linear(hidden, num_classes)
+        self.last_mix = None  # (B, B) M of the last mixed forward, detached, for MatchRouting
+
+    @property
+    def out_features(self):  # peft.save_peft / load_peft read model.head.out_features
+        return self.classifier.out_features
+
+    def mix(self, z):
+        """z (B, C) -> (z~ (B, C), M (B, B)); similarities and softmax in fp32."""
+        with _fp32(z):
+            zf = z.float()
+            M = torch.softmax(zf @ zf.T / self.tau, dim=-1)  # (B, B), rows sum to 1
+            return (M @ zf).to(z.dtype), M
+
+    def forward(self, h):
+        z = self.match_dense(h)  # (B, C)
+        self.last_mix = None
+        if self.training or self.eval_mix:
+            z, M = self.mix(z)
+            self.last_mix = M.detach()
+        return self.classifier(self.dropout(z))  # (B, K)
+
+
+def replace_head_with_match(model, tau, eval_mix=False):
+    """Swap model.head for a MatchHead whose classifier starts as the old head. The
+    Classifier's dropout moves into the head (after the mix), so h is not dropped twice."""
+    old = model.head
+    head = MatchHead(old.in_features, old.out_features, tau, eval_mix, model.head_dropout.p).train(model.training)
+    with torch.no_grad():
+        head.classifier.weight.copy_(old.weight)
+        head.classifier.bias.copy_(old.bias)
+    model.head, model.head_dropout = head.to(old.weight.device, old.weight.dtype), nn.Identity()
+    return model
+
+
+class MatchRouting(Routing):
+    """No extra loss; logs where each example's mixing mass goes, per epoch: to itself
+    (match_diag), to other examples with the same / a different observed label
+    (match_same_label / match_diff_label), and the same split by true label (*_true)."""
+
+    KEYS = ("match_diag", "match_same_label", "match_diff_label", "match_same_true", "match_diff_true")
+
+    def __init__(self, model):
+        if not isinstance(model.head, MatchHead):
+            raise RoutingError("MatchRouting needs replace_head_with_match(model, tau) first")
+        self.head = model.head
+        self.sums, self.rows = dict.fromkeys(self.KEYS, 0.0), 0
+
+    def aux_loss(self, logits, batch):
+        M = self.head.last_mix  # (B, B), detached
+        if M is not None:
+            off = 1 - torch.eye(len(M), device=M.device)  # (B, B) off-diagonal positions
+            self.sums["match_diag"] += float(M.diagonal().sum())
+            for suffix, y in (("label", batch.label), ("true", batch.true_label)):
+                same = (y[:, None] == y[None, :]).to(M.dtype) * off
+                self.sums[f"match_same_{suffix}"] += float((M * same).sum())
+                self.sums[f"match_diff_{suffix}"] += float((M * (off - same)).sum())
+            self.rows += len(M)
+        return {}
+
+    def after_epoch(self, epoch, train_logits, observed, true):
+        m = {k: (v / self.rows if self.rows else None) for k, v in self.sums.items()}
+        self.sums, self.rows = dict.fromkeys(self.KEYS, 0.0), 0
+        return m

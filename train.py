@@ -35,16 +35,18 @@ import peft
 import routing
 from model import Classifier, ModelLoadError, count_params, load_pretrained, mean_pool
 
-METHODS = peft.METHODS + ("clear",)
+METHODS = peft.METHODS + ("clear", "loramoe", "match")
 PEFT_KINDS = ("adapter", "lora", "prefix", "bitfit")  # what CleaR routes
-DEFAULT_LR = {"full": 3e-5, "lora": 5e-4, "adapter": 5e-4, "prefix": 5e-3, "bitfit": 1e-3}  # measured on clean mr, see README
+DEFAULT_LR = {"full": 3e-5, "lora": 5e-4, "adapter": 5e-4, "prefix": 5e-3, "bitfit": 1e-3,
+              "loramoe": 5e-4}  # measured on clean mr, see README
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", choices=METHODS, default="full", help="what to fine-tune")
-    p.add_argument("--peft", choices=PEFT_KINDS, default="lora", help="the PEFT kind CleaR routes (--method clear)")
+    p.add_argument("--peft", choices=PEFT_KINDS + ("none",), default="lora",
+                   help="the PEFT kind under --method clear or match (none = full fine-tuning, match only)")
     p.add_argument("--dataset", default="mr", help="mr, 20ng, r8, or a .csv/.tsv/.jsonl file with text,label columns")
     p.add_argument("--test_file", default=None, help="test file for a user dataset (else a seeded 20%% split)")
     p.add_argument("--model", default=None, help="BERT directory (config.json, model.safetensors, tokenizer.json); "
@@ -90,11 +92,27 @@ def parse_args(argv=None):
     g.add_argument("--consistency_temp", type=float, default=1.0, help="temperature of that KL term")
     g.add_argument("--clear_eval", choices=routing.CLEAR_EVAL_MODES, default="all",
                    help="gates at evaluation: sample ~ Bernoulli(r) (official code), all on, or expected value r")
+    g = p.add_argument_group("LoRAMoE (routing.py)")
+    g.add_argument("--moe_experts", type=int, default=6, help="LoRA experts per FFN linear")
+    g.add_argument("--moe_r", type=int, default=4, help="rank of each expert")
+    g.add_argument("--moe_alpha", type=float, default=32, help="expert deltas are scaled by alpha/r")
+    g.add_argument("--moe_dropout", type=float, default=0.05, help="dropout on the experts' input")
+    g.add_argument("--moe_delta", type=float, default=0.1, help="localized balancing coefficients 1 -/+ delta")
+    g.add_argument("--moe_beta", type=float, default=0.1, help="weight of the balance loss")
+    g.add_argument("--moe_types", choices=("none", "clean"), default="none",
+                   help="sample types for the balance: none = plain balance; clean = after --warmup_epochs, "
+                        "loss-GMM clean samples to expert group 0, suspected noisy to group 1")
+    g = p.add_argument_group("Match-Tuning (routing.py)")
+    g.add_argument("--match_tau", type=float, default=3.0, help="temperature of the in-batch similarity z z^T / tau")
+    g.add_argument("--match_eval", choices=("plain", "mix"), default="plain",
+                   help="evaluation: plain z (batch-independent) or the in-batch mix")
     args = p.parse_args(argv)
+    if args.method == "clear" and args.peft == "none":
+        p.error("--method clear needs a PEFT kind to route: --peft adapter|lora|prefix|bitfit")
     if args.method == "clear" and args.base_rate is None:
         args.base_rate = routing.BASE_RATE[args.peft]
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.peft if args.method == "clear" else args.method]
+        args.lr = DEFAULT_LR[base_method(args)]
     if args.out is None:
         name = os.path.basename(args.dataset).split(".")[0]
         args.out = os.path.join("runs", f"{name}-{args.method}-{args.noise}{args.noise_rate:g}-s{args.seed}")
@@ -223,19 +241,29 @@ def build_optimizer(model, args, total_steps):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
 
 
+def base_method(args):
+    """The PEFT kind (or full) underneath: CleaR and Match-Tuning sit on top of --peft."""
+    if args.method in ("clear", "match"):
+        return "full" if args.peft == "none" else args.peft
+    return args.method
+
+
 def peft_config(args):
     fields = {f for f in vars(peft.PeftConfig()) if f != "method"}
-    method = args.peft if args.method == "clear" else args.method
-    return peft.PeftConfig(method=method, **{k: getattr(args, k) for k in fields if hasattr(args, k)})
+    return peft.PeftConfig(method=base_method(args), **{k: getattr(args, k) for k in fields if hasattr(args, k)})
 
 
-def build_router(args, num_train, num_layers):
+def build_router(args, model, num_train):
     """The method's per-sample routing (routing.py); plain methods get the no-op Routing."""
     if args.method == "clear":
         cfg = routing.ClearConfig(base_rate=args.base_rate, warmup_epochs=args.warmup_epochs,
                                   consistency_weight=args.consistency_weight,
                                   consistency_temp=args.consistency_temp, eval_mode=args.clear_eval)
-        return routing.ClearRouting(num_train, num_layers, cfg)
+        return routing.ClearRouting(num_train, model.encoder.config.num_hidden_layers, cfg)
+    if args.method == "loramoe":
+        return routing.LoRAMoERouting(model, num_train, model.peft_config)
+    if args.method == "match":
+        return routing.MatchRouting(model)
     return routing.Routing()
 
 
@@ -243,7 +271,14 @@ def build_model(args, num_classes):
     """Pretrained encoder (+ tokenizer) -> classifier -> PEFT modules injected and everything else frozen."""
     encoder, tokenizer = load_pretrained(args.model)
     model = Classifier(encoder, num_classes, dropout=args.dropout)
-    peft.inject(model, peft_config(args))
+    if args.method == "loramoe":
+        routing.inject_loramoe(model, routing.LoRAMoEConfig(
+            n_experts=args.moe_experts, r=args.moe_r, alpha=args.moe_alpha, dropout=args.moe_dropout,
+            delta=args.moe_delta, beta=args.moe_beta, types=args.moe_types, warmup_epochs=args.warmup_epochs))
+    else:
+        peft.inject(model, peft_config(args))
+    if args.method == "match":
+        routing.replace_head_with_match(model, args.match_tau, eval_mix=args.match_eval == "mix")
     return model, tokenizer
 
 
@@ -271,7 +306,7 @@ def evaluate_saved(args, argv=None):
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed)
     model, tokenizer = build_model(cfg, len(ds.class_names))
     peft.load_peft(model, args.load)
-    router = build_router(cfg, len(ds.train.labels), model.encoder.config.num_hidden_layers)
+    router = build_router(cfg, model, len(ds.train.labels))
     test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)
     acc = float((predict(model.to(device), test_ids, args.eval_batch_size, device, autocast, router).argmax(1)
                  == ds.test.labels).mean())
@@ -302,7 +337,7 @@ def run(args):
         print(f"data: {note}")
 
     model.to(device)
-    router = build_router(args, len(true), model.encoder.config.num_hidden_layers)
+    router = build_router(args, model, len(true))
     trainable, total = count_params(model)
     print(f"{args.method}: {peft.param_summary(model)}")
 
@@ -396,7 +431,7 @@ def run(args):
     return summary
 
 
-EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, peft.PeftError, RunError)
+EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, peft.PeftError, routing.RoutingError, RunError)
 
 
 def main(argv=None):

@@ -91,6 +91,8 @@ def test_bad_inputs_give_one_clear_error(tiny_model_dir, tiny_dataset, tmp_path,
     bad.write_text("text,label\nfine text,pos\n ,neg\n")
     expect_error(capsys, run_args(tiny_model_dir, str(bad), tmp_path / "e"), "bad.csv")
     expect_error(capsys, base("f", "--resume"), "no checkpoint")
+    expect_error(capsys, base("g", "--method", "match", "--match_tau", "0"), "match_tau")
+    expect_error(capsys, base("h", "--method", "clear", "--base_rate", "1.5"), "1.5")
 
 
 def test_existing_run_is_not_overwritten(tiny_model_dir, tiny_dataset, tmp_path, capsys):
@@ -113,12 +115,18 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "model.safetensors" in proc.stderr
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "bitfit", "full"])
+@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "bitfit", "full", "loramoe", "match", "clear"])
 def test_saved_run_reloads_to_the_same_accuracy(tiny_model_dir, tiny_dataset, tmp_path, method):
     """--eval_only --load rebuilds the model from the pretrained weights + saved PEFT file."""
+    extra = {"loramoe": ["--moe_types", "clean", "--warmup_epochs", "1"], "clear": ["--warmup_epochs", "1"],
+             "match": ["--peft", "bitfit"]}.get(method, [])
     summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--method", method, "--epochs", "2",
-                                  "--lr", "1e-2" if method != "full" else "1e-3"))
+                                  "--lr", "1e-2" if method != "full" else "1e-3", *extra))
     assert (tmp_path / "peft.safetensors").exists() and (tmp_path / "peft_config.json").exists()
+    logged = read_metrics(tmp_path)[-1]
+    for key in {"loramoe": ["moe_g0_clean", "moe_balance", "train_balance"], "clear": ["gmm_auroc", "gate_rate_noisy"],
+                "match": ["match_diag", "match_same_label"]}.get(method, []):
+        assert logged[key] is not None, key
     result = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])
     assert result["test_acc"] == summary["last_test_acc"]
     if method != "full":

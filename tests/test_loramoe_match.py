@@ -1,0 +1,274 @@
+"""LoRAMoE (experts per FFN linear, localized balancing) and Match-Tuning (in-batch mixing head)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import peft
+import routing
+from conftest import TINY_CONFIG
+from data import Batch
+from model import Classifier, Encoder, Linear
+from routing import (LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, MatchHead, MatchRouting, balance_loss,
+                     inject_loramoe, replace_head_with_match)
+
+K = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than fanning out, especially on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def pretrained(seed=0):
+    torch.manual_seed(seed)
+    return Classifier(Encoder(TINY_CONFIG), K).eval()
+
+
+def make_batch(lengths=(9, 6, 4, 9), seed=1, pad_to=None, label=None, true=None):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, TINY_CONFIG.vocab_size, (len(lengths), max(lengths)), generator=g)
+    T = pad_to or max(lengths)
+    ids = F.pad(ids, (0, T - ids.size(1)))  # extra padding columns, same tokens
+    mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
+    n = len(lengths)
+    label = torch.zeros(n, dtype=torch.long) if label is None else torch.tensor(label)
+    true = label.clone() if true is None else torch.tensor(true)
+    return Batch(ids * mask, mask, torch.arange(n), label, true)
+
+
+def moe_model(cfg=None, seed=0):
+    model = pretrained(seed)
+    return inject_loramoe(model, cfg or LoRAMoEConfig(n_experts=4, r=2)), cfg
+
+
+# ---------------------------------------------------------------------------- LoRAMoE
+
+
+def test_loramoe_is_identity_at_init():
+    model = pretrained()
+    b = make_batch()
+    with torch.no_grad():
+        before = model(b.input_ids, b.attention_mask)
+        inject_loramoe(model, LoRAMoEConfig(n_experts=4, r=2))
+        after = model(b.input_ids, b.attention_mask)
+    assert torch.equal(before, after)
+    moe = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
+    assert len(moe) == 2 * TINY_CONFIG.num_hidden_layers
+    assert moe[0].lora_A.shape == (4, 2, TINY_CONFIG.hidden_size) and moe[0].lora_B.shape == (4, TINY_CONFIG.intermediate_size, 2)
+    bound = 1 / TINY_CONFIG.hidden_size ** 0.5  # kaiming-uniform(a=sqrt(5)) per expert: U(-1/sqrt(in), 1/sqrt(in))
+    assert 0.5 * bound < moe[0].lora_A[0].abs().max() <= bound
+
+
+def test_only_lora_router_and_head_train():
+    model, _ = moe_model()
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("head.") or n.split(".")[-1].startswith(("lora_", "router_")) for n in names)
+    assert any("router_weight" in n for n in names) and "head.weight" in names
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".base." in n)
+    with pytest.raises(peft.PeftError):
+        inject_loramoe(model, LoRAMoEConfig())
+
+
+def test_router_rows_sum_to_one_in_fp32_even_under_autocast():
+    torch.manual_seed(0)
+    layer = LoRAMoELinear(Linear(8, 5), n_experts=3, r=2, alpha=4, dropout=0.0)
+    x = torch.randn(2, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and layer.last_route.dtype == torch.float32
+    torch.testing.assert_close(layer.last_route.sum(-1), torch.ones(2, 7), rtol=0, atol=1e-6)
+
+
+def test_gate_multiplies_the_expert_delta():
+    torch.manual_seed(0)
+    layer = LoRAMoELinear(Linear(8, 5), n_experts=3, r=2, alpha=4, dropout=0.0)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(2, 4, 8)
+    full, base = layer(x), layer.base(x)
+    y = layer(x, torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(y[0], base[0])
+    torch.testing.assert_close(y[1], full[1])
+    assert not torch.allclose(full, base)
+
+
+def test_padding_does_not_change_the_balance_loss():
+    model, _ = moe_model()
+    router = LoRAMoERouting(model, 4, LoRAMoEConfig(n_experts=4, r=2))
+    losses = []
+    for pad_to in (None, 14):
+        b = make_batch(pad_to=pad_to)
+        with torch.no_grad():
+            model(b.input_ids, b.attention_mask)
+        losses.append(router.aux_loss(None, b)["balance"])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
+    # the function itself ignores whatever the router says on padding positions
+    route = torch.softmax(torch.randn(2, 6, 4), -1)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6])
+    garbage = route.clone()
+    garbage[0, 3:] = torch.tensor([1.0, 0, 0, 0])
+    assert balance_loss(route, mask, None, 0.1, 0.1) == balance_loss(garbage, mask, None, 0.1, 0.1)
+
+
+def test_balance_loss_is_zero_only_when_balanced():
+    mask = torch.ones(2, 5)
+    uniform = torch.full((2, 5, 4), 0.25)
+    assert balance_loss(uniform, mask, None, 0.1, 0.1) == 0
+    types = torch.tensor([0, 1])
+    # typed optimum: the serving group holds (1 + delta) / 2 of each sample's mass, split evenly
+    s, o = 1.1 / 2 / 2, 0.9 / 2 / 2
+    typed = torch.tensor([[s, s, o, o], [o, o, s, s]])[:, None].expand(2, 5, 4)
+    assert balance_loss(typed, mask, types, 0.1, 0.1).abs() < 1e-12
+    assert balance_loss(uniform, mask, types, 0.1, 0.1) > 0  # uniform is not balanced once typed
+    skewed = torch.softmax(torch.randn(2, 5, 4), -1)
+    assert balance_loss(skewed, mask, None, 0.1, 0.1) > 0
+    assert balance_loss(typed, mask, None, 0.1, 0.1) > 0
+
+
+def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
+    """The documented direction, proved by optimisation: Adam on the balance loss alone
+    moves each sample's mass to its serving group, to the analytic optimum (1 + delta) / 2."""
+    torch.manual_seed(0)
+    B, T, C, delta = 8, 6, 8, 0.1
+    layer = LoRAMoELinear(Linear(C, 4), n_experts=4, r=2, alpha=4, dropout=0.0)
+    types = torch.arange(B) % 2  # 0 = clean, 1 = suspected noisy
+    x = torch.randn(B, T, C)
+    x[..., 0] = 2.0 * types[:, None] - 1  # a feature the router can read the type from
+    router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(n_experts=4, r=2, delta=delta, beta=1.0))
+    router.types, router.typed = types, True
+    noisy = types.tolist()
+    batch = Batch(torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.long), torch.arange(B),
+                  torch.tensor(noisy), torch.zeros(B, dtype=torch.long))  # label != true exactly for type 1
+    opt = torch.optim.Adam([layer.router_weight], lr=0.05)
+    for _ in range(300):
+        layer(x)
+        loss = router.aux_loss(None, batch)["balance"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss < 1e-4
+    m = router.after_epoch(0, torch.zeros(B, 2).numpy(), batch.label.numpy(), batch.true_label.numpy())
+    share0 = layer.last_route[..., :2].sum(-1).mean(1)  # (B,) group 0's share per sample
+    torch.testing.assert_close(share0[types == 0], torch.full((B // 2,), (1 + delta) / 2), rtol=0, atol=0.01)
+    torch.testing.assert_close(share0[types == 1], torch.full((B // 2,), (1 - delta) / 2), rtol=0, atol=0.01)
+    # the logged shares (averaged over the whole run) point the same way
+    assert m["moe_g0_clean"] > 0.5 > m["moe_g0_noisy"] and m["moe_g1_noisy"] > 0.5
+
+
+def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
+    model, _ = moe_model()
+    n = 40
+    cfg = LoRAMoEConfig(n_experts=4, r=2, types="clean", warmup_epochs=2)
+    router = LoRAMoERouting(model, n, cfg)
+    true = torch.zeros(n, dtype=torch.long).numpy()
+    observed = true.copy()
+    observed[:10] = 1  # the first 10 are noisy: the model predicts the true class with confidence
+    logits = torch.zeros(n, 2)
+    logits[:, 0] = 4.0 + 0.1 * torch.randn(n)
+    b = make_batch(label=[0, 1, 0, 0], true=[0, 0, 0, 0])
+    with torch.no_grad():
+        model(b.input_ids, b.attention_mask)
+    router.aux_loss(None, b)
+    m = router.after_epoch(0, logits.numpy(), observed, true)
+    assert not router.typed and m["moe_g0_clean"] is not None and m["moe_balance"] > 0
+    assert router.after_epoch(0, logits.numpy(), observed, true)["moe_g0_clean"] is None  # accumulators reset
+    m = router.after_epoch(1, logits.numpy(), observed, true)
+    assert router.typed and router.types[:10].eq(1).all() and router.types[10:].eq(0).all()
+    assert m["moe_gmm_auroc"] == 1.0 and m["moe_typed_noisy"] == 0.25
+    fresh = LoRAMoERouting(model, n, cfg)
+    fresh.load_state_dict(router.state_dict())
+    assert fresh.typed and torch.equal(fresh.types, router.types)
+
+
+def test_loramoe_save_load_round_trip(tmp_path):
+    """peft.save_peft / load_peft handle LoRAMoE (model.peft_config is the LoRAMoEConfig)."""
+    model, _ = moe_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    peft.save_peft(model, tmp_path)
+    fresh, _ = moe_model()
+    peft.load_peft(fresh, tmp_path)
+    b = make_batch()
+    with torch.no_grad():
+        assert torch.equal(model(b.input_ids, b.attention_mask), fresh(b.input_ids, b.attention_mask))
+
+
+# ---------------------------------------------------------------------------- Match-Tuning
+
+
+def match_model(tau=1.0, eval_mix=False):
+    return replace_head_with_match(pretrained(), tau, eval_mix)
+
+
+def test_match_head_keeps_the_old_head_at_init_and_mixes_rows_to_one():
+    model = pretrained()
+    b = make_batch(lengths=(5, 5, 5, 5))
+    with torch.no_grad():
+        before = model(b.input_ids, b.attention_mask)
+        replace_head_with_match(model, tau=10.0)
+        after = model(b.input_ids, b.attention_mask)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)  # eval: plain z through the copied head
+    assert model.head.last_mix is None and model.head.out_features == K
+    model.train()
+    model(b.input_ids, b.attention_mask)
+    M = model.head.last_mix
+    assert M.shape == (4, 4) and not M.requires_grad
+    torch.testing.assert_close(M.sum(-1), torch.ones(4))
+
+
+def test_tiny_tau_makes_the_mix_the_identity():
+    head = MatchHead(16, K, tau=1e-6)
+    z = F.normalize(torch.randn(5, 16), dim=-1) * 4  # equal norms: each row is its own nearest neighbour
+    z_mix, M = head.mix(z)
+    torch.testing.assert_close(z_mix, z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(M, torch.eye(5))
+    model_mix, model_plain = match_model(1e-6, eval_mix=True), match_model(1e-6)
+    b = make_batch(lengths=(5, 7, 3, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model_mix(b.input_ids, b.attention_mask),
+                                   model_plain(b.input_ids, b.attention_mask), rtol=0, atol=1e-6)
+
+
+def test_eval_predictions_depend_on_the_batch_only_with_eval_mix():
+    a = make_batch(lengths=(6, 6, 6), seed=1)
+    b = make_batch(lengths=(6, 6, 6), seed=2)
+    ids2 = torch.cat([a.input_ids[:1], b.input_ids[1:]])  # same first example, different company
+    for eval_mix, same in ((False, True), (True, False)):
+        model = match_model(tau=50.0, eval_mix=eval_mix)
+        with torch.no_grad():
+            y1 = model(a.input_ids, a.attention_mask)[0]
+            y2 = model(ids2, a.attention_mask)[0]
+        assert torch.allclose(y1, y2, rtol=0, atol=1e-6) == same
+
+
+def test_gradients_flow_through_match_dense():
+    model = match_model(tau=10.0).train()
+    b = make_batch(label=[0, 1, 2, 0])
+    F.cross_entropy(model(b.input_ids, b.attention_mask), b.label).backward()
+    g = model.head.match_dense.weight.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    assert {n for n, p in model.named_parameters() if n.startswith("head.")} >= {"head.match_dense.weight",
+                                                                               "head.classifier.weight"}
+
+
+def test_match_routing_statistics():
+    model = match_model()
+    router = MatchRouting(model)
+    model.head.last_mix = torch.tensor([[0.5, 0.3, 0.2],
+                                        [0.1, 0.6, 0.3],
+                                        [0.2, 0.2, 0.6]])
+    b = Batch(None, None, torch.arange(3), torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]))
+    assert router.aux_loss(None, b) == {}
+    m = router.after_epoch(0, None, None, None)
+    assert m["match_diag"] == pytest.approx((0.5 + 0.6 + 0.6) / 3)
+    assert m["match_same_label"] == pytest.approx((0.3 + 0.1 + 0.0) / 3)   # observed labels 0, 0, 1
+    assert m["match_diff_label"] == pytest.approx((0.2 + 0.3 + 0.4) / 3)
+    assert m["match_same_true"] == pytest.approx((0.0 + 0.3 + 0.2) / 3)    # true labels 0, 1, 1
+    assert m["match_diff_true"] == pytest.approx((0.5 + 0.1 + 0.2) / 3)
+    assert router.after_epoch(1, None, None, None)["match_diag"] is None   # reset each epoch
