@@ -104,6 +104,29 @@ def plot_memorisation(runs, path):
     print(f"wrote {path}")
 
 
+def plot_curves(runs, keys, path, ylabel):
+    """Per-epoch curves of chosen metrics.jsonl keys, one panel per run (e.g. LoRAMoE's
+    expert-group shares, or Match-Tuning's same- vs different-label mixing mass)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
+    for ax, (summary, metrics) in zip(axes[0], runs):
+        for key in keys:
+            ys = [m.get(key) for m in metrics]
+            xs = [m["epoch"] for m, y in zip(metrics, ys) if y is not None]
+            ax.plot(xs, [y for y in ys if y is not None], marker="o", label=key)
+        cfg = summary["config"]
+        ax.set_title(f"{run_label(cfg)} {cfg.get('moe_types', '') if cfg['method'] == 'loramoe' else ''}, "
+                     f"{cfg['noise']} {cfg['noise_rate']:g}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def plot_gmm(run_dir, epoch, path):
     """Histogram of one epoch's per-sample losses (min-max normalised, as CleaR fits them),
     coloured by truly clean / truly noisy, with the two fitted Gaussians on top."""
@@ -144,12 +167,16 @@ def main():
     p.add_argument("--by_lr", action="store_true", help="one row per learning rate (for LR sweeps)")
     p.add_argument("--gmm_plot", default=None, help="write CleaR's loss histogram + fitted GMM of the first run here")
     p.add_argument("--gmm_epoch", type=int, default=4, help="which epoch's losses --gmm_plot shows")
+    p.add_argument("--curves", default=None, help="comma list of metrics.jsonl keys to plot per epoch and run")
+    p.add_argument("--curves_plot", default="curves.png", help="where --curves writes its PNG")
     args = p.parse_args()
     if args.gmm_plot:
         return plot_gmm(args.dirs[0], args.gmm_epoch, args.gmm_plot)
     runs = load_runs(args.dirs)
     if not runs:
         raise SystemExit(f"no summary.json below {args.dirs}")
+    if args.curves:
+        return plot_curves(runs, args.curves.split(","), args.curves_plot, "share of mixing / routing mass")
     print(table(runs, [c for c in args.extra.split(",") if c], args.by_lr))
     if args.plot:
         plot_memorisation(runs, args.plot)
