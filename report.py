@@ -73,14 +73,20 @@ def table(runs, extra_columns=(), by_lr=False):
     return "\n".join(lines)
 
 
-def plot_memorisation(runs, path):
-    """Per-epoch memorised fraction and clean-test accuracy, one line per method, one panel per noise."""
+def pyplot():
+    """matplotlib.pyplot without a display; matplotlib is optional, so say how to get it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("plotting needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_memorisation(runs, path):
+    """Per-epoch memorised fraction and clean-test accuracy, one line per method, one panel per noise."""
+    plt = pyplot()
     noisy = [(s, m) for s, m in runs if s["config"]["noise"] != "none"]
     noise_names = sorted({group_key(s["config"])[1] for s, _ in noisy})
     fig, axes = plt.subplots(2, len(noise_names), figsize=(4.5 * len(noise_names), 6.5), squeeze=False)
@@ -98,6 +104,8 @@ def plot_memorisation(runs, path):
         axes[1, col].set_ylabel("clean test accuracy (%)")
         axes[1, col].set_xlabel("epoch")
     axes[0, 0].legend(fontsize=8)
+    for ax in axes.flat:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -107,9 +115,7 @@ def plot_memorisation(runs, path):
 def plot_curves(runs, keys, path, ylabel):
     """Per-epoch curves of chosen metrics.jsonl keys, one panel per run (e.g. LoRAMoE's
     expert-group shares, or Match-Tuning's same- vs different-label mixing mass)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
     for ax, (summary, metrics) in zip(axes[0], runs):
         for key in keys:
@@ -120,6 +126,7 @@ def plot_curves(runs, keys, path, ylabel):
         ax.set_title(f"{run_label(cfg)} {cfg.get('moe_types', '') if cfg['method'] == 'loramoe' else ''}, "
                      f"{cfg['noise']} {cfg['noise_rate']:g}", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -130,9 +137,7 @@ def plot_curves(runs, keys, path, ylabel):
 def plot_gmm(run_dir, epoch, path):
     """Histogram of one epoch's per-sample losses (min-max normalised, as CleaR fits them),
     coloured by truly clean / truly noisy, with the two fitted Gaussians on top."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from routing import fit_gmm
     d = np.load(os.path.join(run_dir, "per_sample.npz"))
     loss = d["loss"][epoch - 1]

@@ -1,0 +1,29 @@
+"""report.py aggregates seeds into mean ± sample std, one row per (dataset, noise, method)."""
+
+import json
+
+import numpy as np
+
+import report
+
+
+def fake_run(tmp_path, name, seed, best, method="lora", noise="sym", rate=0.4):
+    d = tmp_path / name
+    d.mkdir()
+    cfg = {"method": method, "dataset": "mr", "noise": noise, "noise_rate": rate, "seed": seed, "lr": 1e-3}
+    summary = {"best_test_acc": best, "last_test_acc": best - 0.01, "noisy_memorized": 0.2,
+               "realized_noise_rate": 0.4, "trainable_params": 1234, "config": cfg}
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": best, "noisy_memorized": 0.2}) + "\n")
+
+
+def test_table_aggregates_seeds(tmp_path):
+    for seed, best in enumerate([0.80, 0.82, 0.84]):
+        fake_run(tmp_path, f"a{seed}", seed, best)
+    fake_run(tmp_path, "b", 0, 0.7, method="full")
+    lines = report.table(report.load_runs([str(tmp_path)])).splitlines()
+    assert len(lines) == 2 + 2  # header, separator, one row per method
+    lora = next(line for line in lines if "| lora |" in line)
+    std = np.std([80, 82, 84], ddof=1)
+    assert f"82.0 ± {std:.1f}" in lora and "| 3 |" in lora
+    assert "| 70.0 |" in next(line for line in lines if "| full |" in line)
