@@ -12,7 +12,7 @@ each truly noisy training sample, is the prediction the noisy label (memorised),
 true label (corrected) or something else?
 
 Usage:
-    python train.py --method lora --max_train 2000 --epochs 3     # a few minutes on a CPU
+    python train.py --method clear --max_train 2000              # CleaR on LoRA, a few minutes on a CPU
     python train.py --eval_only --load runs/mr-lora-sym0.4-s0    # reload the saved PEFT weights
 """
 
@@ -37,14 +37,14 @@ from model import Classifier, ModelLoadError, count_params, load_pretrained, mea
 
 METHODS = peft.METHODS + ("clear", "loramoe", "match")
 PEFT_KINDS = ("adapter", "lora", "prefix", "bitfit")  # what CleaR routes
-DEFAULT_LR = {"full": 3e-5, "lora": 5e-4, "adapter": 5e-4, "prefix": 5e-3, "bitfit": 1e-3,
+DEFAULT_LR = {"full": 3e-5, "lora": 2e-3, "adapter": 5e-4, "prefix": 5e-3, "bitfit": 1e-3,
               "loramoe": 5e-4}  # measured on clean mr, see README
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--method", choices=METHODS, default="full", help="what to fine-tune")
+    p.add_argument("--method", choices=METHODS, default="clear", help="what to fine-tune (full = all weights)")
     p.add_argument("--peft", choices=PEFT_KINDS + ("none",), default="lora",
                    help="the PEFT kind under --method clear or match (none = full fine-tuning, match only)")
     p.add_argument("--dataset", default="mr", help="mr, 20ng, r8, or a .csv/.tsv/.jsonl file with text,label columns")
@@ -53,7 +53,7 @@ def parse_args(argv=None):
                                                 "default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--noise", choices=noise.NOISE_KINDS, default="sym", help="label-noise model for the training split")
     p.add_argument("--noise_rate", type=float, default=0.4, help="noise rate r in [0, 1)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs")
+    p.add_argument("--epochs", type=int, default=6, help="training epochs")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size")
     p.add_argument("--eval_batch_size", type=int, default=128, help="batch size for evaluation passes")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per method, see DEFAULT_LR)")
@@ -115,7 +115,8 @@ def parse_args(argv=None):
         args.lr = DEFAULT_LR[base_method(args)]
     if args.out is None:
         name = os.path.basename(args.dataset).split(".")[0]
-        args.out = os.path.join("runs", f"{name}-{args.method}-{args.noise}{args.noise_rate:g}-s{args.seed}")
+        method = args.method if args.method == base_method(args) else f"{args.method}-{base_method(args)}"
+        args.out = os.path.join("runs", f"{name}-{method}-{args.noise}{args.noise_rate:g}-s{args.seed}")
     return args
 
 
