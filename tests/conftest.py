@@ -8,11 +8,27 @@ import shutil
 import pytest
 import torch
 
-from model import BertConfig, Encoder, default_model_dir, save_encoder_weights
+from model import BertConfig, Classifier, Encoder, default_model_dir, save_encoder_weights
 
 # the packaged tokenizer's 30,522-id vocabulary, in a model small enough to train in seconds
 TINY_CONFIG = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=64)
+
+
+def tiny_classifier(num_classes, seed=0):
+    """A tiny random 'pretrained' classifier in eval mode; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    return Classifier(Encoder(TINY_CONFIG), num_classes).eval()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny tensors: fanning each op out to several threads costs more than it saves
+    (and a lot when the cores are busy), so the tests run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def make_model_dir(path, cfg=TINY_CONFIG, seed=0, encoder=None):

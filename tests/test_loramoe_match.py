@@ -5,28 +5,17 @@ import torch
 import torch.nn.functional as F
 
 import peft
-import routing
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, tiny_classifier
 from data import Batch
-from model import Classifier, Encoder, Linear
+from model import Linear
 from routing import (LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, MatchHead, MatchRouting, balance_loss,
                      inject_loramoe, replace_head_with_match)
 
 K = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than fanning out, especially on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def pretrained(seed=0):
-    torch.manual_seed(seed)
-    return Classifier(Encoder(TINY_CONFIG), K).eval()
+    return tiny_classifier(K, seed)
 
 
 def make_batch(lengths=(9, 6, 4, 9), seed=1, pad_to=None, label=None, true=None):

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_CONFIG
-from model import Classifier, Encoder
+from conftest import TINY_CONFIG, tiny_classifier
 from peft import (LoRALinear, PeftConfig, PeftError, expected_trainable_params, inject, is_peft_param,
                   load_peft, merge_lora, param_summary, read_peft_config, save_peft, unmerge_lora)
 
@@ -30,20 +29,8 @@ IDENTITY_CASES = ["lora", "lora-all", "houlsby", "pfeiffer", "bitfit"]  # every 
 GATED_CASES = ["lora", "lora-all", "houlsby", "pfeiffer", "bitfit"]     # deltas multiplied by the gate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: fanning each op out to several threads costs more than it saves
-    (and a lot when the cores are busy), so this module runs single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def pretrained(seed=0):
-    """A tiny random 'pretrained' classifier; the same seed gives the same weights."""
-    torch.manual_seed(seed)
-    return Classifier(Encoder(TINY_CONFIG), K).eval()
+    return tiny_classifier(K, seed)
 
 
 def batch(lengths=(9, 6, 4, 9), seed=1):
