@@ -37,7 +37,7 @@ from model import Classifier, ModelLoadError, count_params, load_pretrained, mea
 
 METHODS = peft.METHODS + ("clear", "loramoe", "match")
 PEFT_KINDS = ("adapter", "lora", "prefix", "bitfit")  # what CleaR routes
-DEFAULT_LR = {"full": 3e-5, "lora": 2e-3, "adapter": 2e-3, "prefix": 5e-3, "bitfit": 5e-3,
+DEFAULT_LR = {"full": 3e-5, "lora": 2e-3, "adapter": 2e-3, "prefix": 2e-2, "bitfit": 5e-3,
               "loramoe": 5e-4}  # measured on clean mr, see README
 
 

@@ -1,0 +1,402 @@
+"""
+Speed and memory of one training step per fine-tuning method, on the packaged MiniLM.
+
+The timed step is train.py's: forward, the method's extra losses, cross-entropy, backward,
+gradient clipping, AdamW (fused when available), LR scheduler - on one fixed batch of
+random token ids in [1000, 30000) (batch 32 x length 64, all-ones mask), after a burn-in.
+Every timing runs in a fresh subprocess of this script (`--only JOB --json`), so each peak
+memory belongs to one job alone, and the rounds of all jobs (ours, and Hugging Face's LoRA
+when transformers + peft are importable) interleave in alternating order, so machine drift
+hits every job alike. Use no more --threads than the machine has idle cores: on busy
+cores, multi-threaded kernels wait on each other and the figures mean nothing.
+
+Figures per job: tok/s = batch * seq / median seconds per step (median over --repeats
+rounds of --steps steps each); ms/step, the same median; GFLOP/s = train_flops() / seconds
+per step, to hold against matmul_gflops, this machine's fp32 matmul roof measured in the
+same run; peak MB = the subprocess's peak resident memory (imports + model + training;
+"before" = the same once model and optimizer are built, before step 1), or
+torch.cuda.max_memory_allocated on CUDA. Plus LoRA inference merged vs unmerged, and
+how many tokens an epoch on mr costs with length-bucketed batches vs padding to 128.
+
+Usage:
+    python bench.py                                  # our methods
+    /tmp/refenv/bin/python bench.py --methods lora --hf   # side by side with transformers + peft (any env where both are installed)
+    python bench.py --methods lora --steps 2 --warmup 1 --repeats 1 --threads 1   # smoke test, not a measurement
+The last stdout line is one JSON object holding every figure.
+"""
+
+import argparse
+import importlib.machinery
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = ("full", "lora", "adapter", "prefix", "bitfit", "clear", "loramoe")
+NUM_CLASSES, NUM_TRAIN = 2, 10_000  # a binary task; the fake training-set size CleaR's per-sample state indexes
+CHILD_FLAGS = ("batch", "seq", "steps", "warmup", "threads", "device", "model", "infer_batch")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
+    p.add_argument("--batch", type=int, default=32, help="training batch size")
+    p.add_argument("--seq", type=int, default=64, help="sequence length (random ids, no padding)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3, help="untimed burn-in steps in every subprocess")
+    p.add_argument("--repeats", type=int, default=5, help="rounds, one subprocess per job each; figures are medians")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, the same for every job")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    p.add_argument("--model", default=None, help="BERT directory (default: the packaged all-MiniLM-L6-v2)")
+    hf = p.add_mutually_exclusive_group()
+    hf.add_argument("--hf", action="store_true", help="require the Hugging Face transformers + peft LoRA job "
+                                                      "(default: run it whenever both are importable)")
+    hf.add_argument("--no_hf", action="store_true", help="skip the Hugging Face job")
+    p.add_argument("--compile", action="store_true", help="also time every job with its model in torch.compile")
+    p.add_argument("--infer_batch", type=int, default=128, help="batch of the merged vs unmerged LoRA inference timing")
+    p.add_argument("--no_infer", action="store_true", help="skip the merged vs unmerged LoRA inference timing")
+    p.add_argument("--no_data", action="store_true", help="skip the mr padding figure")
+    p.add_argument("--roof_n", type=int, default=2048, help="matrix size of the fp32 matmul roof")
+    p.add_argument("--only", default=None, help="run one job in this process (a method, hf_lora or lora_infer; "
+                                                "suffix @compile for torch.compile) - what the subprocesses run")
+    p.add_argument("--json", action="store_true", help="print only the final JSON line")
+    a = p.parse_args(argv)
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if not a.methods or set(a.methods) - set(METHODS):
+        p.error(f"--methods: choose from {','.join(METHODS)}, got {a.methods}")
+    if min(a.batch, a.seq, a.steps, a.repeats, a.threads, a.infer_batch) < 1 or a.warmup < 0:
+        p.error("--batch, --seq, --steps, --repeats, --threads, --infer_batch must be >= 1, --warmup >= 0")
+    return a
+
+
+def peak_mb(device):
+    """This process's peak memory so far, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:  # VmHWM = the peak RSS of this process image. ru_maxrss would be the same, except that Linux
+        # carries the parent's RSS at exec over into it, which would floor every child at the parent's size
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def timed(fn, n, sync):
+    """Mean seconds per call over n calls of fn, synchronised (CUDA) at both ends."""
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / n
+
+
+def fake_batch(batch_size, seq, device):
+    import data
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (batch_size, seq), generator=g)
+    label = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
+    index = torch.randperm(NUM_TRAIN, generator=g)[:batch_size]
+    return data.Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), index, label, label.clone())))
+
+
+# ----------------------------------------------------------------------------
+# the jobs, each in its own subprocess
+
+def make_step(model, targs, batch, logits_of, aux_of=lambda logits: {}):
+    """A closure running train.py's loop body once; the optimizer is train.build_optimizer's."""
+    import train
+    opt, sched = train.build_optimizer(model, targs, total_steps=10**6)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        logits = logits_of()
+        loss = F.cross_entropy(logits.float(), batch.label) + sum(aux_of(logits).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, targs.grad_clip)
+        opt.step()
+        sched.step()
+        return loss.item()
+    return step
+
+
+def our_step(method, a, autocast, batch, compiled):
+    import train
+    targs = train.parse_args(["--method", method, "--model", a.model])
+    model, _ = train.build_model(targs, NUM_CLASSES)
+    router = train.build_router(targs, model.to(batch.label.device).train(), NUM_TRAIN)
+    if method == "clear":  # as after warm-up: GMM clean probabilities vary the gates, a teacher adds the KL term
+        router.clean_prob = torch.rand(NUM_TRAIN)
+        router.teacher = torch.randn(NUM_TRAIN, NUM_CLASSES)
+    forward = torch.compile(model) if compiled else model
+
+    def logits():
+        with autocast():
+            return forward(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
+    return make_step(model, targs, batch, logits, lambda z: router.aux_loss(z, batch))  # KL (CleaR), balance (LoRAMoE)
+
+
+def hf_step(a, autocast, batch, compiled):
+    """The same LoRA step with Hugging Face: BertModel (SDPA) + peft LoRA, dropout + linear head on [CLS]."""
+    import train  # imports our peft.py, which shadows the peft package: drop it and this folder from the path
+    sys.modules.pop("peft", None)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    transformers.logging.set_verbosity_error()
+    bert = transformers.BertModel.from_pretrained(a.model, attn_implementation="sdpa", add_pooling_layer=False,
+                                                  dtype=torch.float32)
+    bert = get_peft_model(bert, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1))
+    head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(bert.config.hidden_size, NUM_CLASSES))
+    model = torch.nn.ModuleDict({"bert": bert, "head": head}).to(batch.label.device).train()
+    encode = torch.compile(bert) if compiled else bert
+
+    def logits():
+        with autocast():
+            return head(encode(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state[:, 0])
+    return make_step(model, train.parse_args(["--method", "lora"]), batch, logits)  # same AdamW groups + schedule
+
+
+def lora_infer(a, device, autocast, sync):
+    """Seconds per forward (eval, no_grad), LoRA unmerged vs merged into W0 (peft.merge_lora), alternating."""
+    import peft
+    import train
+    model, _ = train.build_model(train.parse_args(["--method", "lora", "--model", a.model]), NUM_CLASSES)
+    model.to(device).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, peft.LoRALinear):
+                m.lora_B.normal_(std=0.02)  # a non-zero update, so merging really changes W0
+    batch = fake_batch(a.infer_batch, a.seq, device)
+
+    def forward():
+        with torch.no_grad(), autocast():
+            return model(batch.input_ids, batch.attention_mask).float()
+    timed(forward, max(a.warmup, 1), sync)
+    unmerged, merged, ref = [], [], forward()
+    for _ in range(a.repeats):
+        unmerged.append(timed(forward, a.steps, sync))
+        peft.merge_lora(model)
+        merged.append(timed(forward, a.steps, sync))
+        diff = float((forward() - ref).abs().max())  # merging changes the rounding, not the function
+        peft.unmerge_lora(model)
+    return {"unmerged_s": unmerged, "merged_s": merged, "max_abs_diff": diff}
+
+
+def run_job(job, a):
+    """One job in this process: build, burn in, time a.repeats x a.steps steps."""
+    import train
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    device, autocast = train.pick_device(a.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if job == "lora_infer":
+        return lora_infer(a, device, autocast, sync)
+    name, compiled = job.removesuffix("@compile"), job.endswith("@compile")
+    if name not in METHODS + ("hf_lora",):
+        raise SystemExit(f"--only: unknown job {job!r}")
+    batch = fake_batch(a.batch, a.seq, device)
+    step = hf_step(a, autocast, batch, compiled) if name == "hf_lora" else our_step(name, a, autocast, batch, compiled)
+    before = peak_mb(device)
+    for _ in range(a.warmup):
+        step()
+    secs = [timed(step, a.steps, sync) for _ in range(a.repeats)]
+    return {"s_step": secs, "peak_mb": peak_mb(device), "before_mb": before}
+
+
+# ----------------------------------------------------------------------------
+# the parent: rounds of subprocesses, FLOPs, the roof, the data-side figure, the report
+
+def train_flops(method, cfg, B, T, targs):
+    """FLOPs of one training step, 2 per multiply-add (softmax, LayerNorm, GELU, optimizer not counted).
+    Per token and layer, with C = hidden, I = FFN width, T_kv = T (+ P prefix positions):
+      forward    2 * (4C^2 + 2CI)  the six weight matmuls (model.flops_per_token at T = 0)
+               + 4 * T_kv * C      attention: scores q k^T and the weighted sum of values
+               + E                 the PEFT branch's own matmuls (LoRA A and B, adapter down and up,
+                                   LoRAMoE experts and router)
+      backward, activation gradients, through every layer the loss reaches (all L here: every method
+               trains something in every layer): dX = dY W^T is 1x each weight matmul's forward - except
+               layer 0's q/k/v when the embeddings are frozen (their input needs no gradient) - 2x the
+               attention matmuls (both operands are activations), 1x E;
+      backward, weight gradients dW = dY^T X (another 1x the matmul's forward) ONLY for trainable
+               weights: the six base matmuls under full fine-tuning, E for the PEFT branches.
+    Plus the head: 2 * C * K per sample forward, 3x that in all. Full fine-tuning comes to 3x forward."""
+    import peft
+    from model import flops_per_token
+    C, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    io = {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}
+    E = 0
+    if method in ("lora", "clear"):  # A (r, in), B (out, r)
+        E = L * sum(2 * targs.lora_r * sum(io[t]) for t in peft.lora_target_names(targs.lora_targets))
+    elif method == "adapter":  # down (m, C), up (C, m) per site
+        E = L * len(peft.ADAPTER_SITES[targs.adapter_kind]) * 4 * C * targs.adapter_size
+    elif method == "loramoe":  # N rank-r experts + an N-way router on ffn_in and ffn_out
+        E = L * sum(2 * targs.moe_experts * (targs.moe_r * (i + o) + i) for i, o in (io["ffn_in"], io["ffn_out"]))
+    matmul = flops_per_token(cfg, 0)
+    attn = flops_per_token(cfg, T + (targs.prefix_len if method == "prefix" else 0)) - matmul
+    full = method == "full"
+    forward = matmul + attn + E
+    act_grad = matmul - (0 if full else 2 * 3 * C * C) + 2 * attn + E
+    weight_grad = (matmul if full else 0) + E
+    return (forward + act_grad + weight_grad) * B * T + 3 * 2 * C * NUM_CLASSES * B
+
+
+def child(job, a, repeats=1):
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", job, "--repeats", str(repeats), "--json"]
+    for k in CHILD_FLAGS:
+        cmd += [f"--{k}", str(getattr(a, k))]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode or not lines:
+        return {"error": (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]}
+    return json.loads(lines[-1])
+
+
+def hf_available():
+    """transformers and the peft *package* importable (our peft.py, next to this file, shadows the name)."""
+    path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    return all(importlib.machinery.PathFinder.find_spec(n, path) is not None for n in ("transformers", "peft"))
+
+
+def resolve_model_dir(path):
+    """--model, else the packaged MiniLM in this Python, else in the `python` on PATH (so a separate
+    environment holding transformers + peft needs no copy of the weights package)."""
+    from model import ModelLoadError, default_model_dir
+    try:
+        return path or default_model_dir()
+    except ModelLoadError:
+        r = subprocess.run(["python", "-c", "import model; print(model.default_model_dir())"], cwd=HERE,
+                           capture_output=True, text=True)
+        if r.returncode or not os.path.isdir(r.stdout.strip()):
+            raise
+        return r.stdout.strip()
+
+
+def data_side(a):
+    """Tokens one epoch over mr's training split costs (max_len 128, train.py's default): our
+    length-bucketed batches, random batches padded to their longest, everything padded to 128."""
+    import data
+    from model import load_tokenizer
+    ids = data.encode(load_tokenizer(a.model), data.load_data("mr").train.texts, 128)
+    lengths, n128 = [len(t) for t in ids], 128 * len(ids)
+    out = {"mr_examples": len(ids), "tokens_pad128": n128, "pad_frac_pad128": 1 - sum(lengths) / n128}
+    for name, factor in (("bucketed", 50), ("unbucketed", 1)):  # bucket_factor 1: sorted within a batch only
+        batches = data.length_bucketed_batches(lengths, a.batch, seed=0, epoch=0, bucket_factor=factor)
+        shapes = [(len(b), max(lengths[i] for i in b)) for b in batches]
+        out[f"tokens_{name}"] = sum(n * w for n, w in shapes)
+        out[f"pad_frac_{name}"] = data.padding_fraction(ids, batches)
+    out["tokens_ratio_pad128"] = n128 / out["tokens_bucketed"]
+    return out
+
+
+def run_rounds(a, jobs, device, sync):
+    """a.repeats rounds of: the fp32 matmul roof, then one subprocess per job, order reversed every other round."""
+    runs, roofs = {j: [] for j in jobs}, []
+    for r in range(a.repeats):
+        x, y, z = (torch.randn(a.roof_n, a.roof_n, device=device) for _ in range(3))
+        secs = [timed(lambda: torch.mm(x, y, out=z), 1, sync) for _ in range(10)][2:]  # 2 untimed
+        roofs.append(2 * a.roof_n**3 / statistics.median(secs) / 1e9)
+        for job in (jobs if r % 2 == 0 else jobs[::-1]):
+            if runs[job] and "error" in runs[job][-1]:
+                continue  # failed once (e.g. torch.compile cannot build here): out for good
+            res = child(job, a)
+            runs[job].append(res)
+            print(f"round {r + 1}/{a.repeats} {job}: " + (f"failed: {res['error']}" if "error" in res else
+                  f"{1000 * res['s_step'][0]:.0f} ms/step, peak {res['peak_mb']:.0f} MB"), file=sys.stderr)
+    return runs, statistics.median(roofs)
+
+
+def summarise(a, runs, out, notes):
+    """Per job, medians into `out` (<job>_tok_s, _ms_step, _gflops, _peak_mb, _before_mb); the table rows."""
+    import train
+    from model import BertConfig
+    cfg, rows, tok = BertConfig.from_json(os.path.join(a.model, "config.json")), [], a.batch * a.seq
+    for job, results in runs.items():
+        ok = [r for r in results if "error" not in r]
+        notes += [f"{job} failed: {r['error']}" for r in results if "error" in r]
+        if not ok:
+            continue
+        key, method = job.replace("@compile", "_compile"), job.removesuffix("@compile").removeprefix("hf_")
+        secs = [s for r in ok for s in r["s_step"]]
+        s, flops = statistics.median(secs), train_flops(method, cfg, a.batch, a.seq, train.parse_args(["--method", method]))
+        out.update({f"{key}_tok_s": tok / s, f"{key}_ms_step": 1000 * s, f"{key}_gflops": flops / s / 1e9,
+                    f"{key}_peak_mb": max(r["peak_mb"] for r in ok), f"{key}_before_mb": max(r["before_mb"] for r in ok)})
+        rows.append(f"| {key} | {tok / s:,.0f} | {tok / max(secs):,.0f}-{tok / min(secs):,.0f} | {1000 * s:.0f} "
+                    f"| {flops / 1e9:.1f} | {flops / s / 1e9:.1f} | {100 * flops / s / 1e9 / out['matmul_gflops']:.0f}% "
+                    f"| {out[f'{key}_peak_mb']:.0f} | {out[f'{key}_before_mb']:.0f} |")
+    for sfx in ("", "_compile"):  # ours / theirs: > 1 is faster, < 1 is less memory
+        if f"lora{sfx}_tok_s" in out and f"hf_lora{sfx}_tok_s" in out:
+            out[f"lora_vs_hf{sfx}"] = out[f"lora{sfx}_tok_s"] / out[f"hf_lora{sfx}_tok_s"]
+            out[f"lora_vs_hf_peak{sfx}"] = out[f"lora{sfx}_peak_mb"] / out[f"hf_lora{sfx}_peak_mb"]
+    return rows
+
+
+def print_report(a, out, rows, notes):
+    print(f"\ntorch {out['torch']}, {out['device']}, {a.threads} threads, batch {a.batch} x seq {a.seq}; median of "
+          f"{a.repeats} rounds x {a.steps} steps; fp32 matmul roof {out['matmul_gflops']:.1f} GFLOP/s\n\n"
+          "| job | tok/s | range | ms/step | GFLOP/step | GFLOP/s | of roof | peak MB | before MB |\n"
+          "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    if "lora_vs_hf" in out:
+        print(f"ours / Hugging Face, LoRA: {out['lora_vs_hf']:.2f}x the tokens/s, {out['lora_vs_hf_peak']:.2f}x the peak memory")
+    if "merge_speedup" in out:
+        print(f"LoRA inference, batch {a.infer_batch}: unmerged {out['lora_infer_tok_s']:,.0f} tok/s, merged "
+              f"{out['lora_merged_infer_tok_s']:,.0f} tok/s ({out['merge_speedup']:.2f}x; max |logit diff| "
+              f"{out['merged_max_abs_diff']:.1e})")
+    if "tokens_ratio_pad128" in out:
+        print(f"mr epoch, {out['mr_examples']} examples: bucketed {out['tokens_bucketed']:,} tokens "
+              f"({100 * out['pad_frac_bucketed']:.1f}% padding), random batches {out['tokens_unbucketed']:,} "
+              f"({100 * out['pad_frac_unbucketed']:.1f}%), all padded to 128 {out['tokens_pad128']:,} "
+              f"({100 * out['pad_frac_pad128']:.1f}%): pad-to-128 costs {out['tokens_ratio_pad128']:.2f}x the tokens")
+    for note in notes:
+        print(f"note: {note}")
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.only:
+        print(json.dumps(run_job(a.only, a)))
+        return
+    import train
+    torch.set_num_threads(a.threads)
+    a.model = resolve_model_dir(a.model)
+    device, _ = train.pick_device(a.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    use_hf = not a.no_hf and hf_available()
+    if a.hf and not use_hf:
+        sys.exit("--hf: transformers and peft are not importable in this Python (e.g. use /tmp/refenv/bin/python)")
+    notes = [] if use_hf or a.no_hf else ["transformers + peft not importable here: no Hugging Face job"]
+    jobs = a.methods + (["hf_lora"] if use_hf else [])
+    jobs += [j + "@compile" for j in jobs] if a.compile else []
+    runs, roof = run_rounds(a, jobs, device, sync)
+    out = {"torch": torch.__version__, "device": device.type, "threads": a.threads, "batch": a.batch, "seq": a.seq,
+           "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roof}
+    rows = summarise(a, runs, out, notes)
+    if "lora" in a.methods and not a.no_infer:
+        res = child("lora_infer", a, repeats=a.repeats)
+        if "error" in res:
+            notes.append(f"LoRA inference failed: {res['error']}")
+        else:
+            out["lora_infer_tok_s"] = a.infer_batch * a.seq / statistics.median(res["unmerged_s"])
+            out["lora_merged_infer_tok_s"] = a.infer_batch * a.seq / statistics.median(res["merged_s"])
+            out["merge_speedup"] = out["lora_merged_infer_tok_s"] / out["lora_infer_tok_s"]
+            out["merged_max_abs_diff"] = res["max_abs_diff"]
+    try:
+        out.update({} if a.no_data else data_side(a))
+    except Exception as e:  # e.g. the mr data package is not installed in this Python
+        notes.append(f"mr padding figure skipped: {type(e).__name__}: {e}")
+    if not a.json:
+        print_report(a, out, rows, notes)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
