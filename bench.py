@@ -1,26 +1,24 @@
 """
 Speed and memory of one training step per fine-tuning method, on the packaged MiniLM.
 
-The timed step is train.py's: forward, the method's extra losses, cross-entropy, backward,
-gradient clipping, AdamW (fused when available), LR scheduler - on one fixed batch of
-random token ids in [1000, 30000) (batch 32 x length 64, all-ones mask), after a burn-in.
-Every timing runs in a fresh subprocess of this script (`--only JOB --json`), so each peak
-memory belongs to one job alone, and the rounds of all jobs (ours, and Hugging Face's LoRA
-when transformers + peft are importable) interleave in alternating order, so machine drift
-hits every job alike. Use no more --threads than the machine has idle cores: on busy
-cores, multi-threaded kernels wait on each other and the figures mean nothing.
+The timed step is train.py's - forward, the method's extra losses, cross-entropy, backward,
+gradient clipping, AdamW (fused when available), LR scheduler - on one fixed batch of random
+token ids in [1000, 30000) (batch 32 x length 64, all-ones mask), after a burn-in. Every
+timing runs in a fresh subprocess of this script (`--only JOB --json`), so each peak memory
+belongs to one job, and the rounds of all jobs (ours, plus Hugging Face's LoRA when
+transformers + peft are importable) interleave in alternating order, so drift hits all alike.
+Use no more --threads than there are idle cores: busy cores make threaded kernels wait.
 
-Figures per job: tok/s = batch * seq / median seconds per step (median over --repeats
-rounds of --steps steps each); ms/step, the same median; GFLOP/s = train_flops() / seconds
-per step, to hold against matmul_gflops, this machine's fp32 matmul roof measured in the
-same run; peak MB = the subprocess's peak resident memory (imports + model + training;
-"before" = the same once model and optimizer are built, before step 1), or
-torch.cuda.max_memory_allocated on CUDA. Plus LoRA inference merged vs unmerged, and
-how many tokens an epoch on mr costs with length-bucketed batches vs padding to 128.
+Per job: tok/s = batch * seq / seconds per step, the median over --repeats rounds of --steps
+steps each; ms/step; GFLOP/s = train_flops() / seconds per step, to hold against
+matmul_gflops, this machine's fp32 matmul roof measured in the same run; peak MB = the
+subprocess's peak resident memory (imports + model + training; "before" = the same before
+step 1), or torch.cuda.max_memory_allocated on CUDA. Plus LoRA inference merged vs unmerged,
+and the tokens an epoch on mr costs with length-bucketed batches vs padding to 128.
 
 Usage:
     python bench.py                                  # our methods
-    /tmp/refenv/bin/python bench.py --methods lora --hf   # side by side with transformers + peft (any env where both are installed)
+    python bench.py --methods lora --hf              # side by side with transformers + peft, where both are installed
     python bench.py --methods lora --steps 2 --warmup 1 --repeats 1 --threads 1   # smoke test, not a measurement
 The last stdout line is one JSON object holding every figure.
 """
@@ -38,6 +36,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+import data
+import peft  # ours; hf_step swaps in the peft package of the same name in its own subprocess
+import train
+from model import BertConfig, ModelLoadError, default_model_dir, flops_per_token, load_tokenizer
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("full", "lora", "adapter", "prefix", "bitfit", "clear", "loramoe")
 NUM_CLASSES, NUM_TRAIN = 2, 10_000  # a binary task; the fake training-set size CleaR's per-sample state indexes
@@ -47,7 +50,7 @@ CHILD_FLAGS = ("batch", "seq", "steps", "warmup", "threads", "device", "model", 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list of methods to time")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--seq", type=int, default=64, help="sequence length (random ids, no padding)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
@@ -55,10 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="rounds, one subprocess per job each; figures are medians")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, the same for every job")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
-    p.add_argument("--model", default=None, help="BERT directory (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--model", default=None, help="BERT directory; none = the packaged all-MiniLM-L6-v2")
     hf = p.add_mutually_exclusive_group()
     hf.add_argument("--hf", action="store_true", help="require the Hugging Face transformers + peft LoRA job "
-                                                      "(default: run it whenever both are importable)")
+                                                      "(without it: run whenever both are importable)")
     hf.add_argument("--no_hf", action="store_true", help="skip the Hugging Face job")
     p.add_argument("--compile", action="store_true", help="also time every job with its model in torch.compile")
     p.add_argument("--infer_batch", type=int, default=128, help="batch of the merged vs unmerged LoRA inference timing")
@@ -100,7 +103,6 @@ def timed(fn, n, sync):
 
 
 def fake_batch(batch_size, seq, device):
-    import data
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (batch_size, seq), generator=g)
     label = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
@@ -113,7 +115,6 @@ def fake_batch(batch_size, seq, device):
 
 def make_step(model, targs, batch, logits_of, aux_of=lambda logits: {}):
     """A closure running train.py's loop body once; the optimizer is train.build_optimizer's."""
-    import train
     opt, sched = train.build_optimizer(model, targs, total_steps=10**6)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -130,10 +131,10 @@ def make_step(model, targs, batch, logits_of, aux_of=lambda logits: {}):
 
 
 def our_step(method, a, autocast, batch, compiled):
-    import train
     targs = train.parse_args(["--method", method, "--model", a.model])
     model, _ = train.build_model(targs, NUM_CLASSES)
-    router = train.build_router(targs, model.to(batch.label.device).train(), NUM_TRAIN)
+    model.to(batch.label.device).train()
+    router = train.build_router(targs, model, NUM_TRAIN)
     if method == "clear":  # as after warm-up: GMM clean probabilities vary the gates, a teacher adds the KL term
         router.clean_prob = torch.rand(NUM_TRAIN)
         router.teacher = torch.randn(NUM_TRAIN, NUM_CLASSES)
@@ -147,7 +148,7 @@ def our_step(method, a, autocast, batch, compiled):
 
 def hf_step(a, autocast, batch, compiled):
     """The same LoRA step with Hugging Face: BertModel (SDPA) + peft LoRA, dropout + linear head on [CLS]."""
-    import train  # imports our peft.py, which shadows the peft package: drop it and this folder from the path
+    # our peft.py (imported above) shadows the peft package: forget it, and take this folder off the path
     sys.modules.pop("peft", None)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
     import transformers
@@ -168,8 +169,6 @@ def hf_step(a, autocast, batch, compiled):
 
 def lora_infer(a, device, autocast, sync):
     """Seconds per forward (eval, no_grad), LoRA unmerged vs merged into W0 (peft.merge_lora), alternating."""
-    import peft
-    import train
     model, _ = train.build_model(train.parse_args(["--method", "lora", "--model", a.model]), NUM_CLASSES)
     model.to(device).eval()
     with torch.no_grad():
@@ -194,9 +193,9 @@ def lora_infer(a, device, autocast, sync):
 
 def run_job(job, a):
     """One job in this process: build, burn in, time a.repeats x a.steps steps."""
-    import train
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    a.model = resolve_model_dir(a.model)
     device, autocast = train.pick_device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if job == "lora_infer":
@@ -230,8 +229,6 @@ def train_flops(method, cfg, B, T, targs):
       backward, weight gradients dW = dY^T X (another 1x the matmul's forward) ONLY for trainable
                weights: the six base matmuls under full fine-tuning, E for the PEFT branches.
     Plus the head: 2 * C * K per sample forward, 3x that in all. Full fine-tuning comes to 3x forward."""
-    import peft
-    from model import flops_per_token
     C, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     io = {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}
     E = 0
@@ -252,8 +249,7 @@ def train_flops(method, cfg, B, T, targs):
 
 def child(job, a, repeats=1):
     cmd = [sys.executable, os.path.abspath(__file__), "--only", job, "--repeats", str(repeats), "--json"]
-    for k in CHILD_FLAGS:
-        cmd += [f"--{k}", str(getattr(a, k))]
+    cmd += [arg for k in CHILD_FLAGS for arg in (f"--{k}", str(getattr(a, k)))]
     r = subprocess.run(cmd, capture_output=True, text=True)
     lines = r.stdout.strip().splitlines()
     if r.returncode or not lines:
@@ -270,7 +266,6 @@ def hf_available():
 def resolve_model_dir(path):
     """--model, else the packaged MiniLM in this Python, else in the `python` on PATH (so a separate
     environment holding transformers + peft needs no copy of the weights package)."""
-    from model import ModelLoadError, default_model_dir
     try:
         return path or default_model_dir()
     except ModelLoadError:
@@ -284,13 +279,11 @@ def resolve_model_dir(path):
 def data_side(a):
     """Tokens one epoch over mr's training split costs (max_len 128, train.py's default): our
     length-bucketed batches, random batches padded to their longest, everything padded to 128."""
-    import data
-    from model import load_tokenizer
     ids = data.encode(load_tokenizer(a.model), data.load_data("mr").train.texts, 128)
     lengths, n128 = [len(t) for t in ids], 128 * len(ids)
     out = {"mr_examples": len(ids), "tokens_pad128": n128, "pad_frac_pad128": 1 - sum(lengths) / n128}
-    for name, factor in (("bucketed", 50), ("unbucketed", 1)):  # bucket_factor 1: sorted within a batch only
-        batches = data.length_bucketed_batches(lengths, a.batch, seed=0, epoch=0, bucket_factor=factor)
+    for name, kw in (("bucketed", {}), ("unbucketed", {"bucket_factor": 1})):  # 1: sorted within a batch only
+        batches = data.length_bucketed_batches(lengths, a.batch, seed=0, epoch=0, **kw)
         shapes = [(len(b), max(lengths[i] for i in b)) for b in batches]
         out[f"tokens_{name}"] = sum(n * w for n, w in shapes)
         out[f"pad_frac_{name}"] = data.padding_fraction(ids, batches)
@@ -315,11 +308,9 @@ def run_rounds(a, jobs, device, sync):
     return runs, statistics.median(roofs)
 
 
-def summarise(a, runs, out, notes):
+def summarise(a, cfg, runs, out, notes):
     """Per job, medians into `out` (<job>_tok_s, _ms_step, _gflops, _peak_mb, _before_mb); the table rows."""
-    import train
-    from model import BertConfig
-    cfg, rows, tok = BertConfig.from_json(os.path.join(a.model, "config.json")), [], a.batch * a.seq
+    rows, tok = [], a.batch * a.seq
     for job, results in runs.items():
         ok = [r for r in results if "error" not in r]
         notes += [f"{job} failed: {r['error']}" for r in results if "error" in r]
@@ -337,6 +328,8 @@ def summarise(a, runs, out, notes):
         if f"lora{sfx}_tok_s" in out and f"hf_lora{sfx}_tok_s" in out:
             out[f"lora_vs_hf{sfx}"] = out[f"lora{sfx}_tok_s"] / out[f"hf_lora{sfx}_tok_s"]
             out[f"lora_vs_hf_peak{sfx}"] = out[f"lora{sfx}_peak_mb"] / out[f"hf_lora{sfx}_peak_mb"]
+    if "clear_ms_step" in out and "lora_ms_step" in out:  # CleaR's per-step cost over the LoRA it routes
+        out["clear_vs_lora_step"] = out["clear_ms_step"] / out["lora_ms_step"]
     return rows
 
 
@@ -347,6 +340,8 @@ def print_report(a, out, rows, notes):
           "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     if "lora_vs_hf" in out:
         print(f"ours / Hugging Face, LoRA: {out['lora_vs_hf']:.2f}x the tokens/s, {out['lora_vs_hf_peak']:.2f}x the peak memory")
+    if "clear_vs_lora_step" in out:
+        print(f"CleaR (LoRA) / LoRA: {out['clear_vs_lora_step']:.2f}x the time per step")
     if "merge_speedup" in out:
         print(f"LoRA inference, batch {a.infer_batch}: unmerged {out['lora_infer_tok_s']:,.0f} tok/s, merged "
               f"{out['lora_merged_infer_tok_s']:,.0f} tok/s ({out['merge_speedup']:.2f}x; max |logit diff| "
@@ -365,9 +360,12 @@ def main(argv=None):
     if a.only:
         print(json.dumps(run_job(a.only, a)))
         return
-    import train
     torch.set_num_threads(a.threads)
-    a.model = resolve_model_dir(a.model)
+    try:
+        a.model = resolve_model_dir(a.model)
+        cfg = BertConfig.from_json(os.path.join(a.model, "config.json"))
+    except ModelLoadError as e:
+        sys.exit(f"error: {e}")
     device, _ = train.pick_device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     use_hf = not a.no_hf and hf_available()
@@ -379,7 +377,7 @@ def main(argv=None):
     runs, roof = run_rounds(a, jobs, device, sync)
     out = {"torch": torch.__version__, "device": device.type, "threads": a.threads, "batch": a.batch, "seq": a.seq,
            "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roof}
-    rows = summarise(a, runs, out, notes)
+    rows = summarise(a, cfg, runs, out, notes)
     if "lora" in a.methods and not a.no_infer:
         res = child("lora_infer", a, repeats=a.repeats)
         if "error" in res:
@@ -391,7 +389,7 @@ def main(argv=None):
             out["merged_max_abs_diff"] = res["max_abs_diff"]
     try:
         out.update({} if a.no_data else data_side(a))
-    except Exception as e:  # e.g. the mr data package is not installed in this Python
+    except (data.DataError, ModelLoadError) as e:  # e.g. the mr data package is not installed in this Python
         notes.append(f"mr padding figure skipped: {type(e).__name__}: {e}")
     if not a.json:
         print_report(a, out, rows, notes)
