@@ -4,7 +4,8 @@ Turn finished runs into the README's tables and pictures.
 Reads every `summary.json` (and `metrics.jsonl`) below the given directories, groups runs
 that differ only in their seed, and prints a markdown table: mean (and spread over seeds)
 of best and last clean-test accuracy, the memorised fraction of noisy training labels,
-the realised noise rate and the trainable parameter count. With `--plot FILE` it also
+accuracy on the truly clean training samples, the realised noise rate and the trainable
+parameter count. With `--plot FILE` it also
 draws the per-epoch memorisation curves (matplotlib, optional).
 
 Usage:
@@ -61,12 +62,13 @@ def table(runs, extra_columns=(), by_lr=False):
     groups = defaultdict(list)
     for summary, _ in runs:
         groups[group_key(summary["config"], by_lr)].append(summary)
-    head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "memorised", "realised noise",
-            "trainable", *extra_columns]
+    head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "clean train acc", "memorised",
+            "realised noise", "trainable", *extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, noise_name, method), ss in sorted(groups.items()):
         row = [dataset, noise_name, method, str(len(ss)), fmt([s["best_test_acc"] for s in ss]),
-               fmt([s["last_test_acc"] for s in ss]), fmt([s["noisy_memorized"] for s in ss]),
+               fmt([s["last_test_acc"] for s in ss]), fmt([s.get("train_clean_acc") for s in ss]),
+               fmt([s["noisy_memorized"] for s in ss]),
                fmt([s["realized_noise_rate"] for s in ss]), f"{ss[0]['trainable_params']:,}"]
         row += [fmt([s.get(c) for s in ss], scale=1.0, digits=3) for c in extra_columns]
         lines.append("| " + " | ".join(row) + " |")
