@@ -155,7 +155,6 @@ def plot_gmm(run_dir, epoch, path):
     for k, name in enumerate(("clean component", "noisy component")):
         pdf = np.exp(-0.5 * (grid - gmm.means[k]) ** 2 / gmm.variances[k]) / np.sqrt(2 * np.pi * gmm.variances[k])
         ax.plot(grid, len(x) * width * gmm.weights[k] * pdf, lw=2, color=["navy", "darkred"][k], label=name)
-    ax.set_yscale("symlog", linthresh=10)
     ax.set_xlabel("normalised training loss on the observed label")
     ax.set_ylabel("samples")
     cfg = json.load(open(os.path.join(run_dir, "summary.json")))["config"]
