@@ -90,8 +90,9 @@ def parse_args(argv=None):
     g.add_argument("--consistency_weight", type=float, default=1.0, help="weight of the KL term to the last epoch's "
                                                                          "training-set predictions")
     g.add_argument("--consistency_temp", type=float, default=1.0, help="temperature of that KL term")
-    g.add_argument("--clear_eval", choices=routing.CLEAR_EVAL_MODES, default="all",
-                   help="gates at evaluation: sample ~ Bernoulli(r) (official code), all on, or expected value r")
+    g.add_argument("--clear_eval", choices=routing.CLEAR_EVAL_MODES, default="expected",
+                   help="gates at evaluation (test and training-set passes): sample ~ Bernoulli(r) (official code), "
+                        "all on, or their expected value r (best measured, see README)")
     g = p.add_argument_group("LoRAMoE (routing.py)")
     g.add_argument("--moe_experts", type=int, default=6, help="LoRA experts per FFN linear")
     g.add_argument("--moe_r", type=int, default=4, help="rank of each expert")
