@@ -104,7 +104,8 @@ def parse_args(argv=None):
                    help="sample types for the balance: none = plain balance; clean = after --warmup_epochs, "
                         "loss-GMM clean samples to expert group 0, suspected noisy to group 1")
     g = p.add_argument_group("Match-Tuning (routing.py)")
-    g.add_argument("--match_tau", type=float, default=3.0, help="temperature of the in-batch similarity z z^T / tau")
+    g.add_argument("--match_tau", type=float, default=3.0, help="temperature of the in-batch similarity z z^T / tau "
+                   "(unpublished; 3 is a first guess from MiniLM [CLS] dot products, not yet tuned)")
     g.add_argument("--match_eval", choices=("plain", "mix"), default="plain",
                    help="evaluation: plain z (batch-independent) or the in-batch mix")
     args = p.parse_args(argv)
