@@ -39,6 +39,8 @@ def load_runs(dirs):
 def run_label(cfg):
     """The method as a reader names it: 'full', 'lora', 'clear (adapter)', ..."""
     peft = cfg.get("peft")
+    if cfg["method"] == "loramoe":
+        return f"loramoe (types {cfg.get('moe_types', 'none')})"
     return f"{cfg['method']} ({peft})" if peft and cfg["method"] in ("clear", "match") else cfg["method"]
 
 
@@ -60,8 +62,8 @@ def fmt(values, scale=100.0, digits=1):
 def table(runs, extra_columns=(), by_lr=False):
     """A markdown table, one row per (dataset, noise, method), seeds aggregated."""
     groups = defaultdict(list)
-    for summary, _ in runs:
-        groups[group_key(summary["config"], by_lr)].append(summary)
+    for summary, metrics in runs:  # extra columns may come from the last epoch's metrics
+        groups[group_key(summary["config"], by_lr)].append({**metrics[-1], **summary})
     head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "clean train acc", "memorised",
             "realised noise", "trainable", *extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -125,8 +127,7 @@ def plot_curves(runs, keys, path, ylabel):
             xs = [m["epoch"] for m, y in zip(metrics, ys) if y is not None]
             ax.plot(xs, [y for y in ys if y is not None], marker="o", label=key)
         cfg = summary["config"]
-        ax.set_title(f"{run_label(cfg)} {cfg.get('moe_types', '') if cfg['method'] == 'loramoe' else ''}, "
-                     f"{cfg['noise']} {cfg['noise_rate']:g}", fontsize=9)
+        ax.set_title(f"{run_label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(ylabel)
