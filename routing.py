@@ -119,6 +119,17 @@ def fit_gmm(x, iters=100, tol=1e-6, var_floor=1e-4):
     return GaussianMixture1D(gmm.means[order], gmm.variances[order], gmm.weights[order])
 
 
+def clean_probability(train_logits, observed):
+    """CleaR's recipe (Sec. 4.1): per-sample CE on the observed label, min-max normalised
+    (as DivideMix does, so the GMM sees the same scale every epoch), a two-Gaussian fit,
+    and w_i = P(low-loss component | loss_i). Returns (w (N,), the fitted mixture)."""
+    loss = F.cross_entropy(torch.as_tensor(train_logits).float(), torch.as_tensor(observed),
+                           reduction="none").numpy()
+    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
+    gmm = fit_gmm(x)
+    return gmm.posterior_low(x), gmm
+
+
 def auroc(scores, positive):
     """Area under the ROC curve: P(score of a random positive > score of a random negative), ties half."""
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
@@ -201,15 +212,10 @@ class ClearRouting(Routing):
 
     def after_epoch(self, epoch, train_logits, observed, true):
         """Fit the loss GMM on the training-set pass; from the end of warm-up on, use it."""
-        logits = torch.as_tensor(train_logits).float()
-        loss = F.cross_entropy(logits, torch.as_tensor(observed), reduction="none").numpy()
-        # min-max normalise first, as DivideMix does: the GMM then sees the same scale every epoch
-        x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
-        gmm = fit_gmm(x)
-        w = gmm.posterior_low(x)
+        w, gmm = clean_probability(train_logits, observed)
         if epoch + 1 >= self.cfg.warmup_epochs:  # epochs count from 0: warm-up covers 0 .. W-1
             self.clean_prob = torch.as_tensor(w, dtype=torch.float32)
-            self.teacher = logits
+            self.teacher = torch.as_tensor(train_logits).float()
         clean = observed == true
         pred_clean = w > 0.5
         gate = self.cfg.base_rate * self.clean_prob.numpy()
@@ -369,11 +375,8 @@ class LoRAMoERouting(Routing):
              for k, kind in enumerate(("clean", "noisy")) for g in (0, 1)}
         m["moe_balance"] = self.loss_sum / self.steps if self.steps else None
         self._reset()
-        if self.cfg.types == "clean":  # CleaR's recipe: CE on the observed label, min-max, GMM
-            loss = F.cross_entropy(torch.as_tensor(train_logits).float(), torch.as_tensor(observed),
-                                   reduction="none").numpy()
-            x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
-            w = fit_gmm(x).posterior_low(x)
+        if self.cfg.types == "clean":  # the same clean probability CleaR uses
+            w, _ = clean_probability(train_logits, observed)
             if epoch + 1 >= self.cfg.warmup_epochs:  # the new types apply from the next epoch on
                 self.types, self.typed = torch.as_tensor(w < 0.5).long(), True
             m["moe_gmm_auroc"] = auroc(w, observed == true)
