@@ -90,9 +90,10 @@ def parse_args(argv=None):
     g.add_argument("--consistency_weight", type=float, default=1.0, help="weight of the KL term to the last epoch's "
                                                                          "training-set predictions")
     g.add_argument("--consistency_temp", type=float, default=1.0, help="temperature of that KL term")
-    g.add_argument("--clear_eval", choices=routing.CLEAR_EVAL_MODES, default="expected",
+    g.add_argument("--clear_eval", choices=routing.CLEAR_EVAL_MODES, default=None,
                    help="gates at evaluation (test and training-set passes): sample ~ Bernoulli(r) (official code), "
-                        "all on, or their expected value r (best measured, see README)")
+                        "all on, or their expected value r (default: expected, best measured, see README; "
+                        "with --eval_only: the saved run's mode unless given)")
     g = p.add_argument_group("LoRAMoE (routing.py)")
     g.add_argument("--moe_experts", type=int, default=6, help="LoRA experts per FFN linear")
     g.add_argument("--moe_r", type=int, default=4, help="rank of each expert")
@@ -113,6 +114,8 @@ def parse_args(argv=None):
         p.error("--method clear needs a PEFT kind to route: --peft adapter|lora|prefix|bitfit")
     if args.method == "clear" and args.base_rate is None:
         args.base_rate = routing.BASE_RATE[args.peft]
+    if args.clear_eval is None and not args.eval_only:
+        args.clear_eval = "expected"
     if args.lr is None:
         args.lr = DEFAULT_LR[base_method(args)]
     if args.out is None:
@@ -294,7 +297,7 @@ def pick_device(name):
     return device, autocast
 
 
-def evaluate_saved(args, argv=None):
+def evaluate_saved(args):
     """--eval_only: rebuild a finished run from its saved config and PEFT weights, report its test accuracy."""
     summary_path = os.path.join(args.load or "", "summary.json")
     if not os.path.isfile(summary_path):
@@ -303,7 +306,7 @@ def evaluate_saved(args, argv=None):
         saved = json.load(f)
     # the saved run's settings, except how to evaluate: device and (for CleaR) the gate mode may be changed
     cfg = argparse.Namespace(**{**vars(args), **saved["config"], "device": args.device})
-    if "--clear_eval" in (argv or sys.argv):
+    if args.clear_eval is not None:
         cfg.clear_eval = args.clear_eval
     device, autocast = pick_device(cfg.device)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed)
@@ -440,7 +443,7 @@ EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, peft.PeftEr
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return evaluate_saved(args, argv) if args.eval_only else run(args)
+        return evaluate_saved(args) if args.eval_only else run(args)
     except EXPECTED_ERRORS as e:  # bad input: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

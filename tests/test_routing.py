@@ -119,3 +119,17 @@ def test_short_noisy_run_routes_clean_samples_more(tiny_pretrained_dir, tiny_dat
     assert last["gate_rate_clean"] > last["gate_rate_noisy"] + 0.2
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["gmm_auroc"] == last["gmm_auroc"]
+
+
+def test_eval_only_keeps_or_changes_the_gate_mode(tiny_pretrained_dir, tiny_dataset, tmp_path):
+    """--eval_only uses the saved run's CleaR gate mode unless --clear_eval is given."""
+    summary = train.main(["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--out", str(tmp_path),
+                          "--method", "clear", "--clear_eval", "sample", "--lr", "1e-2", "--warmup_ratio", "0",
+                          "--batch_size", "16", "--epochs", "2", "--warmup_epochs", "1", "--noise_rate", "0.3",
+                          "--no_progress"])
+    assert summary["config"]["clear_eval"] == "sample"
+    same = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])
+    assert same["test_acc"] == summary["last_test_acc"]
+    for mode in ("all", "expected"):
+        assert 0 <= train.main(["--eval_only", "--load", str(tmp_path), "--clear_eval", mode,
+                                "--no_progress"])["test_acc"] <= 1
