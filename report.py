@@ -141,12 +141,10 @@ def plot_gmm(run_dir, epoch, path):
     """Histogram of one epoch's per-sample losses (min-max normalised, as CleaR fits them),
     coloured by truly clean / truly noisy, with the two fitted Gaussians on top."""
     plt = pyplot()
-    from routing import fit_gmm
+    from routing import fit_loss_gmm
     d = np.load(os.path.join(run_dir, "per_sample.npz"))
-    loss = d["loss"][epoch - 1]
-    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
+    x, gmm = fit_loss_gmm(d["loss"][epoch - 1])
     clean = d["observed"] == d["true"]
-    gmm = fit_gmm(x)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     bins = np.linspace(0, 1, 41)
     ax.hist([x[clean], x[~clean]], bins=bins, stacked=True, density=False, color=["tab:blue", "tab:red"],

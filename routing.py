@@ -119,14 +119,19 @@ def fit_gmm(x, iters=100, tol=1e-6, var_floor=1e-4):
     return GaussianMixture1D(gmm.means[order], gmm.variances[order], gmm.weights[order])
 
 
+def fit_loss_gmm(loss):
+    """Min-max normalise per-sample losses (as DivideMix does, so the GMM sees the same
+    scale every epoch) and fit the two Gaussians. Returns (normalised losses x, mixture)."""
+    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
+    return x, fit_gmm(x)
+
+
 def clean_probability(train_logits, observed):
-    """CleaR's recipe (Sec. 4.1): per-sample CE on the observed label, min-max normalised
-    (as DivideMix does, so the GMM sees the same scale every epoch), a two-Gaussian fit,
-    and w_i = P(low-loss component | loss_i). Returns (w (N,), the fitted mixture)."""
+    """CleaR's recipe (Sec. 4.1): per-sample CE on the observed label, the loss GMM, and
+    w_i = P(low-loss component | loss_i). Returns (w (N,), the fitted mixture)."""
     loss = F.cross_entropy(torch.as_tensor(train_logits).float(), torch.as_tensor(observed),
                            reduction="none").numpy()
-    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
-    gmm = fit_gmm(x)
+    x, gmm = fit_loss_gmm(loss)
     return gmm.posterior_low(x), gmm
 
 
