@@ -259,8 +259,13 @@ def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
 
 
 def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
-              seed: int = 0, test_fraction: float = 0.2) -> TextData:
-    """Load a built-in dataset ('mr', '20ng', 'r8') or a user csv/tsv/jsonl file."""
+              seed: int = 0, test_fraction: float = 0.2, max_test: int | None = None) -> TextData:
+    """Load a built-in dataset ('mr', '20ng', 'r8') or a user csv/tsv/jsonl file.
+
+    max_train: stratified subsample of the training split, drawn with `seed`.
+    max_test: stratified subsample of the test split, drawn with the fixed SPLIT_SEED so
+              every seed of an experiment is scored on the same test examples.
+    """
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     builtin = {"mr": lambda: _load_mr(test_fraction),
@@ -283,6 +288,15 @@ def load_data(name: str, test_file: str | None = None, max_train: int | None = N
             data.notes.append(f"subsampled train from {len(data.train.texts)} to {max_train} "
                               f"(stratified, seed {seed})")
             data.train = _subset(data.train, keep)
+    if max_test is not None:
+        k = len(data.class_names)
+        if max_test < k:
+            raise DataError(f"max_test={max_test} is smaller than the number of classes ({k})")
+        if max_test < len(data.test.texts):
+            keep = _stratified_pick(data.test.labels, max_test, np.random.default_rng(SPLIT_SEED))
+            data.notes.append(f"subsampled test from {len(data.test.texts)} to {max_test} "
+                              f"(stratified, fixed seed {SPLIT_SEED})")
+            data.test = _subset(data.test, keep)
     return data
 
 

@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier head")
     p.add_argument("--max_len", type=int, default=128, help="truncate token sequences to this length")
     p.add_argument("--max_train", type=int, default=None, help="stratified, seeded subsample of N training examples")
+    p.add_argument("--max_test", type=int, default=None,
+                   help="stratified subsample of N test examples (the same for every seed)")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, initialisation, dropout and batch order")
     p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>-<method>-<noise><rate>-s<seed>)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
@@ -309,7 +311,8 @@ def evaluate_saved(args):
     if args.clear_eval is not None:
         cfg.clear_eval = args.clear_eval
     device, autocast = pick_device(cfg.device)
-    ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed)
+    ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed,
+                          max_test=cfg.max_test)
     model, tokenizer = build_model(cfg, len(ds.class_names))
     peft.load_peft(model, args.load)
     router = build_router(cfg, model, len(ds.train.labels))
@@ -326,7 +329,8 @@ def run(args):
     ckpt = prepare_out_dir(args)
     torch.manual_seed(args.seed)
 
-    ds = data.load_data(args.dataset, test_file=args.test_file, max_train=args.max_train, seed=args.seed)
+    ds = data.load_data(args.dataset, test_file=args.test_file, max_train=args.max_train, seed=args.seed,
+                          max_test=args.max_test)
     K = len(ds.class_names)
     model, tokenizer = build_model(args, K)
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)

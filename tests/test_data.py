@@ -160,6 +160,18 @@ def test_max_train_stratified_and_deterministic(tmp_path):
     assert sorted(tiny.train.labels) == [0, 1, 2]
 
 
+def test_max_test_stratified_and_same_for_every_seed(tmp_path):
+    rows = [(f"t{i}", lab) for i, lab in enumerate(["a"] * 70 + ["b"] * 25 + ["c"] * 5)]
+    path = _write(tmp_path / "s.csv", rows)
+    full = load_data(path)
+    d = load_data(path, max_test=10, seed=1)
+    assert len(d.test.texts) == 10 and d.train.texts == full.train.texts
+    assert set(d.test.texts) <= set(full.test.texts)
+    assert sorted(set(d.test.labels.tolist())) == [0, 1, 2]
+    assert load_data(path, max_test=10, seed=2).test.texts == d.test.texts  # seed-independent
+    _raises(["max_test"], path, max_test=2)
+
+
 # ---------------------------------------------------------------- tokenization
 def _tiny_tokenizer():
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(50)]

@@ -1,0 +1,216 @@
+"""
+Regenerate the README's results with one command: run a named grid of `train.py` cells
+(method x dataset x noise kind x rate x seed), then write the tables and pictures.
+
+* Every cell is one `train.py` run in `<runs>/<grid dir>/<dataset>/<noise><rate>/<method>/s<seed>`.
+  A cell whose `summary.json` exists is skipped; one with a checkpoint is resumed
+  (`train.py --resume`), so an interrupted sweep continues where it stopped.
+* Cells run in the order the grid lists them (most important first), `--jobs` at a time,
+  each with `cores // jobs` threads.
+* The README's results live between marker comments (`<!-- grid:NAME:KEY -->` ...
+  `<!-- /grid:NAME:KEY -->`); `--write_readme` replaces exactly those blocks with tables
+  built by report.py from the runs on disk, so nothing there is typed by hand. A cell
+  that has not run yet shows up as fewer seeds, never as a made-up number.
+
+Usage:
+    python experiments.py --grid quick --jobs 2              # ~30 min on a 2-core CPU
+    python experiments.py --grid cpu --jobs 2 --write_readme # the README's grid (hours on a CPU)
+    python experiments.py --grid paper --device cuda         # full datasets, for a single GPU
+    python experiments.py --grid cpu --dry_run               # list the cells and what is done
+"""
+
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import report
+
+# train.py arguments of each method as the tables name it
+METHODS = {
+    "full": ["--method", "full"],
+    "lora": ["--method", "lora"],
+    "clear": ["--method", "clear", "--peft", "lora"],
+    "loramoe": ["--method", "loramoe"],
+    "match": ["--method", "match", "--peft", "lora"],
+    "adapter": ["--method", "adapter"],
+    "clear-adapter": ["--method", "clear", "--peft", "adapter"],
+}
+# a CPU-sized subset: stratified 1,000 train / 1,000 test examples, 64 tokens
+CPU_DATA = ["--max_train", "1000", "--max_test", "1000", "--max_len", "64"]
+
+
+@dataclass
+class Cell:
+    dataset: str
+    noise: str
+    rate: float
+    method: str
+    seed: int
+    args: list = field(default_factory=list)  # extra train.py arguments (data size, epochs)
+
+    def out_dir(self, root):
+        return os.path.join(root, self.dataset, f"{self.noise}{self.rate:g}", self.method, f"s{self.seed}")
+
+    def command(self, root, device):
+        return [sys.executable, "train.py", "--dataset", self.dataset, "--noise", self.noise,
+                "--noise_rate", f"{self.rate:g}", "--seed", str(self.seed), *METHODS[self.method], *self.args,
+                "--device", device, "--out", self.out_dir(root), "--no_progress"]
+
+
+def cells(datasets, noises, methods, seeds, args):
+    """All combinations, seed-major, so a partial sweep covers every setting once before repeating."""
+    return [Cell(d, n, r, m, s, list(args.get(d, []))) for s, d, (n, r), m
+            in itertools.product(seeds, datasets, noises, methods)]
+
+
+MAIN_METHODS = ["lora", "clear", "full", "loramoe", "match"]
+# On two classes asym (i -> i+1 mod 2) has the same transition matrix as sym, so mr skips it.
+MR_NOISE = [("sym", 0.4), ("idn", 0.4), ("sym", 0.2), ("idn", 0.2)]
+NG_NOISE = [("sym", 0.4), ("asym", 0.4), ("idn", 0.4), ("sym", 0.2), ("asym", 0.2), ("idn", 0.2)]
+GRIDS = {
+    # ~30 min with --jobs 2 on a 2-core CPU: one seed of the two 40% mr settings
+    "quick": cells(["mr"], MR_NOISE[:2], MAIN_METHODS, [0], {"mr": CPU_DATA}),
+    # the README's grid: mr first (all seeds), then 20 Newsgroups
+    "cpu": (cells(["mr"], MR_NOISE[:2], MAIN_METHODS, [0, 1, 2], {"mr": CPU_DATA})
+            + cells(["mr"], MR_NOISE[2:], MAIN_METHODS, [0, 1, 2], {"mr": CPU_DATA})
+            + cells(["20ng"], NG_NOISE, MAIN_METHODS, [0, 1, 2], {"20ng": CPU_DATA})),
+    # what the CleaR paper runs: whole datasets, 128 tokens, 10 epochs - a single-GPU job
+    "paper": cells(["mr", "20ng"], [("sym", 0.2), ("sym", 0.4), ("asym", 0.2), ("asym", 0.4),
+                                    ("idn", 0.2), ("idn", 0.4)],
+                   MAIN_METHODS + ["adapter", "clear-adapter"], [0, 1, 2],
+                   {"mr": ["--epochs", "10"], "20ng": ["--epochs", "10"]}),
+}
+# held-out check on a dataset no default was tuned on (8 imbalanced classes)
+GRIDS["r8"] = cells(["r8"], [("sym", 0.4), ("asym", 0.4)], ["lora", "clear", "full"], [0], {"r8": CPU_DATA})
+
+
+def status(cell, root):
+    d = cell.out_dir(root)
+    if os.path.isfile(os.path.join(d, "summary.json")):
+        return "done"
+    return "partial" if os.path.isfile(os.path.join(d, "checkpoint.pt")) else "todo"
+
+
+def run_grid(grid, root, jobs, device, threads):
+    """Run every unfinished cell, `jobs` at a time; returns the number of failed cells."""
+    todo = [c for c in grid if status(c, root) != "done"]
+    print(f"{len(grid) - len(todo)} of {len(grid)} cells done; running {len(todo)} with {jobs} job(s) "
+          f"x {threads} thread(s)", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    running, failed, started = [], 0, time.time()
+    while todo or running:
+        while todo and len(running) < jobs:
+            cell = todo.pop(0)
+            cmd = cell.command(root, device) + (["--resume"] if status(cell, root) == "partial" else ["--overwrite"])
+            os.makedirs(cell.out_dir(root), exist_ok=True)
+            log = open(cell.out_dir(root) + ".log", "a")
+            running.append((cell, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        time.sleep(2)
+        for item in list(running):
+            cell, proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            ok = proc.returncode == 0
+            failed += not ok
+            print(f"[{(time.time() - started) / 60:5.1f} min] {'done' if ok else 'FAILED'}: {cell.out_dir(root)}"
+                  + ("" if ok else f" (see {cell.out_dir(root)}.log)"), flush=True)
+    return failed
+
+
+def finished_runs(grid, root, **match):
+    """report.load_runs() of the grid's finished cells whose fields equal `match`."""
+    dirs = [c.out_dir(root) for c in grid if status(c, root) == "done"
+            and all(getattr(c, k) in (v if isinstance(v, (list, tuple)) else [v]) for k, v in match.items())]
+    return report.load_runs(dirs)
+
+
+def readme_blocks(grid, root, assets):
+    """{marker key: markdown} for every table and picture of this grid that has runs."""
+    blocks = {}
+    for dataset in sorted({c.dataset for c in grid}):
+        runs = finished_runs(grid, root, dataset=dataset)
+        if not runs:
+            continue
+        blocks[f"table-{dataset}"] = report.table(runs, ["gmm_auroc"])
+        main = finished_runs(grid, root, dataset=dataset, rate=0.4, method=["lora", "clear", "full"])
+        if main:
+            path = os.path.join(assets, f"memorisation_{dataset}.png")
+            report.plot_memorisation(main, path)
+            blocks[f"memorisation-{dataset}"] = f"![memorised fraction and test accuracy per epoch, {dataset}]({path})"
+    first = [c for c in grid if c.seed == 0 and c.noise == "sym" and c.rate == 0.4 and status(c, root) == "done"]
+    pictures = {"clear": ("gmm", "CleaR's per-sample losses and fitted mixture after the last warm-up epoch"),
+                "loramoe": ("loramoe_groups", "LoRAMoE expert group 0's routing share, truly clean vs noisy"),
+                "match": ("match_mass", "Match-Tuning: where each example's mixing mass goes, per epoch")}
+    for cell in first:
+        if cell.method not in pictures or f"picture-{cell.method}" in blocks:
+            continue
+        name, caption = pictures[cell.method]
+        path = os.path.join(assets, f"{name}_{cell.dataset}.png")
+        d = cell.out_dir(root)
+        if cell.method == "clear":
+            report.plot_gmm(d, 3, path)
+        elif cell.method == "loramoe":
+            report.plot_curves(report.load_runs([d]), ["moe_g0_clean", "moe_g0_noisy"], path, "routing share")
+        else:
+            report.plot_curves(report.load_runs([d]), ["match_diag", "match_same_label", "match_diff_label"],
+                               path, "share of mixing mass")
+        blocks[f"picture-{cell.method}"] = f"![{caption}]({path})"
+    return blocks
+
+
+def write_readme(readme, grid_name, blocks):
+    """Replace the text between `<!-- grid:NAME:KEY -->` and `<!-- /grid:NAME:KEY -->` for each block."""
+    with open(readme) as f:
+        text = f.read()
+    for key, body in blocks.items():
+        pattern = re.compile(rf"(<!-- grid:{grid_name}:{key} -->\n).*?(<!-- /grid:{grid_name}:{key} -->)", re.S)
+        if not pattern.search(text):
+            print(f"note: {readme} has no <!-- grid:{grid_name}:{key} --> marker; block not written")
+            continue
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    tmp = readme + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, readme)
+    print(f"wrote {len(blocks)} block(s) into {readme}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", choices=sorted(GRIDS), default="quick", help="which grid to run")
+    p.add_argument("--runs", default="runs/grid", help="root directory of the cells' run directories")
+    p.add_argument("--jobs", type=int, default=1, help="train.py processes at a time")
+    p.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="passed to train.py")
+    p.add_argument("--dry_run", action="store_true", help="list the cells and their status, run nothing")
+    p.add_argument("--no_run", action="store_true", help="skip training; only aggregate what exists")
+    p.add_argument("--write_readme", action="store_true", help="write tables and pictures into README.md")
+    p.add_argument("--readme", default="README.md", help="the file whose marker blocks are rewritten")
+    p.add_argument("--assets", default="assets", help="where the pictures go")
+    args = p.parse_args(argv)
+    grid = GRIDS[args.grid]
+    if args.dry_run:
+        for c in grid:
+            print(f"{status(c, args.runs):8s} {' '.join(c.command(args.runs, args.device)[1:])}")
+        return 0
+    failed = 0
+    if not args.no_run:
+        failed = run_grid(grid, args.runs, args.jobs, args.device,
+                          args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
+    runs = finished_runs(grid, args.runs)
+    if runs:
+        print(report.table(runs, ["gmm_auroc"]))
+    if args.write_readme:
+        write_readme(args.readme, args.grid, readme_blocks(grid, args.runs, args.assets))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
