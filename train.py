@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import dist
 import noise
 import peft
 import routing
@@ -137,11 +138,16 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None):
-    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode."""
+def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None, rank=0, world=1):
+    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode.
+    Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
     model.eval()
-    out, generator = None, torch.Generator().manual_seed(0)  # evaluation gates repeat exactly
-    for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
+    generator = torch.Generator().manual_seed(rank)  # evaluation gates repeat exactly
+    out, filled = None, np.zeros(len(token_ids), dtype=bool)
+    by_length = np.argsort([len(t) for t in token_ids], kind="stable")[rank::world]  # this rank's examples
+    for start in range(0, len(by_length), batch_size):
+        idx = by_length[start:start + batch_size]
+        filled[idx] = True
         ids, mask = data.collate(token_ids, idx, pad_to=pad_to)
         gates = router.eval_gates(len(idx), device, generator)
         with autocast():
@@ -149,7 +155,9 @@ def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None)
         if out is None:
             out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
-    return out
+    if out is None:
+        raise RunError(f"{len(token_ids)} examples cannot be shared by {world} ranks")
+    return dist.gather_rows(out, filled, device)
 
 
 def memorisation(pred, observed, true):
@@ -331,8 +339,15 @@ def evaluate_saved(args):
 def run(args):
     t_start = time.time()
     device, autocast = pick_device(args.device)
-    ckpt = prepare_out_dir(args)
-    torch.manual_seed(args.seed)
+    rank, world, dist_device = dist.setup(args.device)  # (0, 1, None) unless launched by torchrun
+    device = dist_device or device
+    main_rank = rank == 0
+    log = print if main_rank else (lambda *a, **k: None)
+    ckpt = prepare_out_dir(args) if main_rank else None
+    dist.barrier()
+    if not main_rank and args.resume:
+        ckpt = torch.load(os.path.join(args.out, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    torch.manual_seed(args.seed)  # the same on every rank: identical initial PEFT weights
 
     ds = data.load_data(args.dataset, test_file=args.test_file, max_train=args.max_train, seed=args.seed,
                           max_test=args.max_test)
@@ -346,19 +361,20 @@ def run(args):
         features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
     observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
     report = noise.noise_report(true, observed, K)
-    print(f"data: {ds.name}, {len(true)} train / {len(ds.test.labels)} test, {K} classes; "
-          f"noise {args.noise} r={args.noise_rate}: realised flip rate {report['realized_rate']:.3f}")
+    log(f"data: {ds.name}, {len(true)} train / {len(ds.test.labels)} test, {K} classes; "
+        f"noise {args.noise} r={args.noise_rate}: realised flip rate {report['realized_rate']:.3f}")
     for note in ds.notes:
-        print(f"data: {note}")
+        log(f"data: {note}")
 
     model.to(device)
     model.encoder.grad_checkpointing = args.grad_checkpointing
     pad_to = args.max_len if args.pad_to_max_len else None
     router = build_router(args, model, len(true))
     trainable, total = count_params(model)
-    print(f"{args.method}: {peft.param_summary(model)}")
+    log(f"{args.method}: {peft.param_summary(model)}" + (f"; {world} ranks" if world > 1 else ""))
 
     steps_per_epoch = len(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0))
+    steps_per_epoch = len(dist.shard(list(range(steps_per_epoch)), rank, world))
     opt, sched = build_optimizer(model, args, steps_per_epoch * args.epochs)
     history, start_epoch, wall_before = [], 0, 0.0
     sample_losses = []  # per epoch, each training sample's loss on its observed label (for plots)
@@ -370,9 +386,13 @@ def run(args):
         router.load_state_dict(ckpt["router"])
         history, start_epoch, wall_before = ckpt["history"], ckpt["epoch"] + 1, ckpt["wall_s"]
         sample_losses = ckpt["sample_losses"]
-        print(f"resumed from {args.out} after epoch {start_epoch}")
-    with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:  # rewritten from the checkpoint's history
-        f.writelines(json.dumps(m) + "\n" for m in history)
+        log(f"resumed from {args.out} after epoch {start_epoch}")
+    if main_rank:
+        with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:  # rewritten from the checkpoint's history
+            f.writelines(json.dumps(m) + "\n" for m in history)
+    # under torchrun, DistributedDataParallel averages the gradients of the ranks' batches
+    forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_seen, train_time = 0, 0.0
     for epoch in range(start_epoch, args.epochs):
@@ -380,12 +400,15 @@ def run(args):
         t0, losses, aux_sums = time.time(), [], {}
         batches = data.iterate_batches(train_ids, observed, true, args.batch_size, args.seed, epoch, shuffle=True,
                                        pad_to=pad_to)
+        if world > 1:  # this rank's share of the epoch's batches, and its own dropout / gate draws
+            batches = dist.shard(list(batches), rank, world)
+            torch.manual_seed(args.seed * 100_003 + epoch * 1_009 + rank)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                   leave=False, disable=args.no_progress)
+                   leave=False, disable=args.no_progress or not main_rank)
         for batch in bar:
             batch = data.Batch(*(t.to(device) for t in batch))
             with autocast():
-                logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
+                logits = forward(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
             aux = router.aux_loss(logits, batch)  # the method's extra losses, returned explicitly
             loss = F.cross_entropy(logits.float(), batch.label) + sum(aux.values())
             for k, v in aux.items():
@@ -402,11 +425,13 @@ def run(args):
         train_time += train_pass_s
         train_seen += len(train_ids)
 
-        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast, router, pad_to).argmax(1)
+        test_pred = predict(model, test_ids, args.eval_batch_size, device, autocast, router, pad_to,
+                            rank, world).argmax(1)
         # one pass over the training set serves both the memorisation metrics and CleaR's loss GMM
-        train_logits = predict(model, train_ids, args.eval_batch_size, device, autocast, router, pad_to)
-        m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-             **{f"train_{k}": v / len(losses) for k, v in aux_sums.items()},
+        train_logits = predict(model, train_ids, args.eval_batch_size, device, autocast, router, pad_to,
+                               rank, world)
+        m = {"epoch": epoch + 1, "train_loss": dist.mean(np.mean(losses), device),
+             **{f"train_{k}": dist.mean(v / len(losses), device) for k, v in aux_sums.items()},
              "test_acc": float((test_pred == ds.test.labels).mean()),
              **memorisation(train_logits.argmax(1), observed, true),
              **router.after_epoch(epoch, train_logits, observed, true),
@@ -414,17 +439,22 @@ def run(args):
         history.append(m)
         sample_losses.append(F.cross_entropy(torch.from_numpy(train_logits), torch.from_numpy(observed),
                                              reduction="none").numpy())
+        mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
+        log(f"epoch {epoch + 1}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.4f}, "
+            f"train clean acc {m['train_clean_acc']:.4f}{mem}")
+        if not main_rank:
+            continue
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(m) + "\n")
-        mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
-        print(f"epoch {epoch + 1}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.4f}, "
-              f"train clean acc {m['train_clean_acc']:.4f}{mem}")
         save_checkpoint(os.path.join(args.out, "checkpoint.pt"), {
             "config": vars(args), "epoch": epoch, "trainable": trainable_state(model),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "torch_rng": torch.get_rng_state(), "router": router.state_dict(), "history": history, "sample_losses": sample_losses,
             "wall_s": wall_before + time.time() - t_start})
 
+    dist.barrier()  # every rank has finished before rank 0 writes the results
+    if not main_rank:
+        return None
     peft.save_peft(model, args.out, extra={"class_names": ds.class_names})
     np.savez_compressed(os.path.join(args.out, "per_sample.npz"), loss=np.stack(sample_losses),
                         observed=observed, true=true)
@@ -440,7 +470,7 @@ def run(args):
         "num_classes": K, "trainable_params": trainable, "total_params": total,
         "wall_s": wall_before + time.time() - t_start,
         "samples_per_s": train_seen / train_time if train_time else None,
-        "peak_mem_mb": peak_mb, "device": device.type,
+        "peak_mem_mb": peak_mb, "device": device.type, "ranks": world,
         **({"gmm_auroc": history[-1]["gmm_auroc"]} if "gmm_auroc" in history[-1] else {}),
         "config": vars(args),
     }

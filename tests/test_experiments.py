@@ -1,0 +1,37 @@
+"""experiments.py: a grid runs every cell once, skips finished cells, resumes partial ones,
+and rewrites only the README text between its marker comments."""
+
+import os
+
+import experiments
+from experiments import Cell
+
+
+def test_grid_runs_skips_and_resumes(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    extra = ["--model", tiny_model_dir, "--epochs", "2", "--batch_size", "16", "--lr", "1e-2", "--device", "cpu"]
+    grid = [Cell(tiny_dataset, "sym", 0.2, m, 0, extra) for m in ("lora", "full")]
+    root = str(tmp_path / "runs")
+    assert experiments.run_grid(grid, root, jobs=2, device="cpu", threads=1) == 0
+    assert [experiments.status(c, root) for c in grid] == ["done", "done"]
+    assert len(experiments.finished_runs(grid, root)) == 2
+    assert len(experiments.finished_runs(grid, root, method="lora")) == 1
+
+    capsys.readouterr()
+    assert experiments.run_grid(grid, root, jobs=2, device="cpu", threads=1) == 0
+    assert "2 of 2 cells done; running 0" in capsys.readouterr().out
+
+    os.remove(os.path.join(grid[0].out_dir(root), "summary.json"))  # killed after its last checkpoint
+    assert experiments.status(grid[0], root) == "partial"
+    assert experiments.run_grid(grid, root, jobs=1, device="cpu", threads=1) == 0
+    assert experiments.status(grid[0], root) == "done"
+    assert "resumed from" in open(grid[0].out_dir(root) + ".log").read()
+
+
+def test_write_readme_replaces_only_marked_blocks(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- grid:g:t -->\nold table\n<!-- /grid:g:t -->\nmiddle\n"
+                      "<!-- grid:other:t -->\nkeep\n<!-- /grid:other:t -->\nend\n")
+    experiments.write_readme(str(readme), "g", {"t": "| new |", "missing": "x"})
+    assert readme.read_text() == ("intro\n<!-- grid:g:t -->\n| new |\n<!-- /grid:g:t -->\nmiddle\n"
+                                  "<!-- grid:other:t -->\nkeep\n<!-- /grid:other:t -->\nend\n")
+    assert "no <!-- grid:g:missing --> marker" in capsys.readouterr().out
