@@ -40,6 +40,9 @@ METHODS = {
     "match": ["--method", "match", "--peft", "lora"],
     "adapter": ["--method", "adapter"],
     "clear-adapter": ["--method", "clear", "--peft", "adapter"],
+    # sweeps of the two settings DESIGN leaves open: Match-Tuning's tau, LoRAMoE's learning rate
+    **{f"match-tau{t:g}": ["--method", "match", "--peft", "lora", "--match_tau", f"{t:g}"] for t in (0.3, 1, 10)},
+    "loramoe-lr2e-3": ["--method", "loramoe", "--lr", "2e-3"],
 }
 # a CPU-sized subset: stratified 1,000 train / 1,000 test examples, 64 tokens
 CPU_DATA = ["--max_train", "1000", "--max_test", "1000", "--max_len", "64"]
@@ -75,13 +78,15 @@ MAIN_METHODS = ["lora", "clear", "full", "loramoe", "match"]
 MR_NOISE = [("sym", 0.4), ("idn", 0.4), ("sym", 0.2), ("idn", 0.2)]
 NG_NOISE = [("sym", 0.4), ("asym", 0.4), ("idn", 0.4), ("sym", 0.2), ("asym", 0.2), ("idn", 0.2)]
 # held-out check on a dataset no default was tuned on (8 imbalanced classes)
+SWEEP_CELLS = cells(["mr"], [("sym", 0.4)], ["match-tau0.3", "match-tau1", "match-tau10", "loramoe-lr2e-3"], [0],
+                    {"mr": CPU_DATA})
 R8_CELLS = cells(["r8"], [("sym", 0.4), ("asym", 0.4)], ["lora", "clear", "full"], [0], {"r8": CPU_DATA})
 GRIDS = {
     # ~30 min with --jobs 2 on a 2-core CPU: one seed of the two 40% mr settings
     "quick": cells(["mr"], MR_NOISE[:2], MAIN_METHODS, [0], {"mr": CPU_DATA}),
     # the README's grid: mr's 40% settings (all seeds), the held-out R8 rows, mr's 20%, then 20 Newsgroups
     "cpu": (cells(["mr"], MR_NOISE[:2], MAIN_METHODS, [0, 1, 2], {"mr": CPU_DATA})
-            + R8_CELLS
+            + SWEEP_CELLS + R8_CELLS
             + cells(["mr"], MR_NOISE[2:], MAIN_METHODS, [0, 1, 2], {"mr": CPU_DATA})
             + cells(["20ng"], NG_NOISE, MAIN_METHODS, [0, 1, 2], {"20ng": CPU_DATA})),
     # what the CleaR paper runs: whole datasets, 128 tokens, 10 epochs - a single-GPU job
@@ -139,7 +144,7 @@ def readme_blocks(grid, root, assets):
     """{marker key: markdown} for every table and picture of this grid that has runs."""
     blocks = {}
     for dataset in sorted({c.dataset for c in grid}):
-        runs = finished_runs(grid, root, dataset=dataset)
+        runs = finished_runs(grid, root, dataset=dataset, method=MAIN_METHODS)
         if not runs:
             continue
         blocks[f"table-{dataset}"] = report.table(runs, ["gmm_auroc"])
@@ -148,6 +153,11 @@ def readme_blocks(grid, root, assets):
             path = os.path.join(assets, f"memorisation_{dataset}.png")
             report.plot_memorisation(main, path)
             blocks[f"memorisation-{dataset}"] = f"![memorised fraction and test accuracy per epoch, {dataset}]({path})"
+    sweep = [c for c in grid if c in SWEEP_CELLS or (c.dataset, c.noise, c.rate, c.seed) == ("mr", "sym", 0.4, 0)
+             and c.method in ("match", "loramoe")]
+    sweep_runs = finished_runs(sweep, root)
+    if any(c in SWEEP_CELLS for c in sweep):
+        blocks["table-sweep"] = report.table(sweep_runs, ["match_same_label", "match_diff_label"], by_lr=True)
     first = [c for c in grid if c.seed == 0 and c.noise == "sym" and c.rate == 0.4 and status(c, root) == "done"]
     pictures = {"clear": ("gmm", "CleaR's per-sample losses and fitted mixture after the last warm-up epoch"),
                 "loramoe": ("loramoe_groups", "LoRAMoE expert group 0's routing share, truly clean vs noisy"),

@@ -41,7 +41,9 @@ def run_label(cfg):
     peft = cfg.get("peft")
     if cfg["method"] == "loramoe":
         return f"loramoe (types {cfg.get('moe_types', 'none')})"
-    return f"{cfg['method']} ({peft})" if peft and cfg["method"] in ("clear", "match") else cfg["method"]
+    if cfg["method"] == "match":
+        return f"match ({peft}, tau {cfg.get('match_tau', 3):g})"
+    return f"{cfg['method']} ({peft})" if peft and cfg["method"] == "clear" else cfg["method"]
 
 
 def group_key(cfg, by_lr=False):
