@@ -258,6 +258,17 @@ def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
     return TextData(path.name, class_names, train, test, notes)
 
 
+def _stratified_subsample(data: TextData, part: str, n: int, seed: int, how: str) -> Split:
+    """A class-proportional subset of n examples of data.train or data.test (noted in data.notes)."""
+    split, k = getattr(data, part), len(data.class_names)
+    if n < k:
+        raise DataError(f"max_{part}={n} is smaller than the number of classes ({k})")
+    if n >= len(split.texts):
+        return split
+    data.notes.append(f"subsampled {part} from {len(split.texts)} to {n} (stratified, {how})")
+    return _subset(split, _stratified_pick(split.labels, n, np.random.default_rng(seed)))
+
+
 def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
               seed: int = 0, test_fraction: float = 0.2, max_test: int | None = None) -> TextData:
     """Load a built-in dataset ('mr', '20ng', 'r8') or a user csv/tsv/jsonl file.
@@ -280,23 +291,9 @@ def load_data(name: str, test_file: str | None = None, max_train: int | None = N
     else:
         raise DataError(f"unknown dataset '{name}': use mr, 20ng, r8 or a .csv/.tsv/.jsonl file")
     if max_train is not None:
-        k = len(data.class_names)
-        if max_train < k:
-            raise DataError(f"max_train={max_train} is smaller than the number of classes ({k})")
-        if max_train < len(data.train.texts):
-            keep = _stratified_pick(data.train.labels, max_train, np.random.default_rng(seed))
-            data.notes.append(f"subsampled train from {len(data.train.texts)} to {max_train} "
-                              f"(stratified, seed {seed})")
-            data.train = _subset(data.train, keep)
+        data.train = _stratified_subsample(data, "train", max_train, seed, f"seed {seed}")
     if max_test is not None:
-        k = len(data.class_names)
-        if max_test < k:
-            raise DataError(f"max_test={max_test} is smaller than the number of classes ({k})")
-        if max_test < len(data.test.texts):
-            keep = _stratified_pick(data.test.labels, max_test, np.random.default_rng(SPLIT_SEED))
-            data.notes.append(f"subsampled test from {len(data.test.texts)} to {max_test} "
-                              f"(stratified, fixed seed {SPLIT_SEED})")
-            data.test = _subset(data.test, keep)
+        data.test = _stratified_subsample(data, "test", max_test, SPLIT_SEED, f"fixed seed {SPLIT_SEED}")
     return data
 
 

@@ -27,6 +27,10 @@ import torch
 import torch.distributed as dist
 
 
+class DistError(ValueError):
+    """A data-parallel setting that cannot work (e.g. fewer batches than ranks)."""
+
+
 def setup(device_name):
     """(rank, world_size, device); initialises the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -55,7 +59,7 @@ def shard(batches, rank, world):
     if world == 1:
         return batches
     if len(batches) < world:
-        raise ValueError(f"{len(batches)} batches cannot be shared by {world} ranks: use a smaller --batch_size")
+        raise DistError(f"{len(batches)} batches cannot be shared by {world} ranks: use a smaller --batch_size")
     keep = len(batches) // world * world
     return batches[rank:keep:world]
 

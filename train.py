@@ -7,9 +7,10 @@ epoch evaluate on the clean test split and measure memorisation on the training 
 (which noisy labels the model has learned) -> write metrics.jsonl, an atomic checkpoint
 and finally summary.json into --out.
 
-Memorisation follows Arpit et al. 2017 / the CleaR paper (Kim et al. 2024, Sec. 3): for
-each truly noisy training sample, is the prediction the noisy label (memorised), the
-true label (corrected) or something else?
+Memorisation (evaluation.py) follows Arpit et al. 2017 / the CleaR paper (Kim et al. 2024,
+Sec. 3): for each truly noisy training sample, is the prediction the noisy label
+(memorised), the true label (corrected) or something else? Under torchrun the run is data
+parallel (dist.py).
 
 Usage:
     python train.py --method clear --max_train 2000              # CleaR on LoRA, a few minutes on a CPU
@@ -34,7 +35,8 @@ import dist
 import noise
 import peft
 import routing
-from model import Classifier, ModelLoadError, count_params, load_pretrained, mean_pool
+from evaluation import memorisation, predict, sentence_embeddings
+from model import Classifier, ModelLoadError, count_params, load_pretrained
 
 METHODS = peft.METHODS + ("clear", "loramoe", "match")
 PEFT_KINDS = ("adapter", "lora", "prefix", "bitfit")  # what CleaR routes
@@ -131,58 +133,6 @@ def parse_args(argv=None):
         method = args.method if args.method == base_method(args) else f"{args.method}-{base_method(args)}"
         args.out = os.path.join("runs", f"{name}-{method}-{args.noise}{args.noise_rate:g}-s{args.seed}")
     return args
-
-
-# ----------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None, rank=0, world=1):
-    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode.
-    Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
-    model.eval()
-    generator = torch.Generator().manual_seed(rank)  # evaluation gates repeat exactly
-    out, filled = None, np.zeros(len(token_ids), dtype=bool)
-    by_length = np.argsort([len(t) for t in token_ids], kind="stable")[rank::world]  # this rank's examples
-    for start in range(0, len(by_length), batch_size):
-        idx = by_length[start:start + batch_size]
-        filled[idx] = True
-        ids, mask = data.collate(token_ids, idx, pad_to=pad_to)
-        gates = router.eval_gates(len(idx), device, generator)
-        with autocast():
-            logits = model(ids.to(device), mask.to(device), gates=gates).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    if out is None:
-        raise RunError(f"{len(token_ids)} examples cannot be shared by {world} ranks")
-    return dist.gather_rows(out, filled, device)
-
-
-def memorisation(pred, observed, true):
-    """Training-set metrics: accuracy on truly clean samples; memorised/corrected/other on noisy ones."""
-    clean, noisy = observed == true, observed != true
-    m = {"train_clean_acc": float((pred[clean] == true[clean]).mean()) if clean.any() else None}
-    if noisy.any():
-        m["noisy_memorized"] = float((pred[noisy] == observed[noisy]).mean())
-        m["noisy_corrected"] = float((pred[noisy] == true[noisy]).mean())
-        m["noisy_other"] = 1.0 - m["noisy_memorized"] - m["noisy_corrected"]
-    else:
-        m["noisy_memorized"] = m["noisy_corrected"] = m["noisy_other"] = None
-    return m
-
-
-@torch.no_grad()
-def sentence_embeddings(encoder, token_ids, batch_size, device):
-    """Mean-pooled pretrained embeddings (N, C), the features of instance-dependent noise."""
-    encoder.eval()
-    out = np.zeros((len(token_ids), encoder.config.hidden_size), dtype=np.float32)
-    for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
-        ids, mask = data.collate(token_ids, idx)
-        ids, mask = ids.to(device), mask.to(device)
-        out[idx] = mean_pool(encoder(ids, mask), mask).float().cpu().numpy()
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -356,6 +306,8 @@ def run(args):
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
     test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
     true = ds.train.labels
+    if min(len(train_ids), len(test_ids)) < world:
+        raise RunError(f"{min(len(train_ids), len(test_ids))} examples cannot be shared by {world} ranks")
     features = None
     if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
         features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
@@ -480,7 +432,7 @@ def run(args):
     return summary
 
 
-EXPECTED_ERRORS = (ModelLoadError, data.DataError, noise.NoiseError, peft.PeftError, routing.RoutingError, RunError)
+EXPECTED_ERRORS = (ModelLoadError, data.DataError, dist.DistError, noise.NoiseError, peft.PeftError, routing.RoutingError, RunError)
 
 
 def main(argv=None):

@@ -5,12 +5,14 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import data
+import evaluation
 import peft
 import train
 
@@ -38,7 +40,7 @@ def test_two_rank_clear_run_gathers_every_example_once(tiny_pretrained_dir, tiny
     peft.load_peft(model, str(out))
     router = train.build_router(cfg, model, len(ds.train.labels))
     ids = data.encode(tokenizer, ds.train.texts, cfg.max_len)
-    logits = train.predict(model, ids, 64, torch.device("cpu"), train.nullcontext, router)
+    logits = evaluation.predict(model, ids, 64, torch.device("cpu"), nullcontext, router)
     saved = np.load(out / "per_sample.npz")
     want = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(saved["observed"]), reduction="none").numpy()
     assert saved["loss"].shape == (2, len(ids))
