@@ -224,19 +224,21 @@ def run_job(job, a):
 # ----------------------------------------------------------------------------
 # the parent: rounds of subprocesses, FLOPs, the roof, the data-side figure, the report
 
-def train_flops(method, cfg, B, T, targs):
+def train_flops(method, cfg, B, T, targs, cls_only):
     """FLOPs of one training step, 2 per multiply-add (softmax, LayerNorm, GELU, optimizer not counted).
-    Per token and layer, with C = hidden, I = FFN width, T_kv = T (+ P prefix positions):
-      forward    2 * (4C^2 + 2CI)  the six weight matmuls (model.flops_per_token at T = 0)
-               + 4 * T_kv * C      attention: scores q k^T and the weighted sum of values
-               + E                 the PEFT branch's own matmuls (LoRA A and B, adapter down and up,
-                                   LoRAMoE experts and router)
+    Per sample and layer, with C = hidden, I = FFN width, T tokens, T_kv = T (+ P prefix positions) and
+    t_q query-side tokens (T, or 1 in the top layer when only [CLS] is computed there, cls_only):
+      forward    2 * 2C^2 * T              key and value projections
+               + 2 * (2C^2 + 2CI) * t_q    query, attention output, FFN in and out
+               + 4 * t_q * T_kv * C        attention: scores q k^T and the weighted sum of values
+               + E * T                     the PEFT branch's own matmuls (LoRA A and B, adapter down and
+                                           up, LoRAMoE experts and router), counted on every token
       backward, activation gradients, through every layer the loss reaches (all L here: every method
                trains something in every layer): dX = dY W^T is 1x each weight matmul's forward - except
                layer 0's q/k/v when the embeddings are frozen (their input needs no gradient) - 2x the
                attention matmuls (both operands are activations), 1x E;
       backward, weight gradients dW = dY^T X (another 1x the matmul's forward) ONLY for trainable
-               weights: the six base matmuls under full fine-tuning, E for the PEFT branches.
+               weights: the base matmuls under full fine-tuning, E for the PEFT branches.
     Plus the head: 2 * C * K per sample forward, 3x that in all. Full fine-tuning comes to 3x forward."""
     C, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     io = {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}
@@ -247,13 +249,15 @@ def train_flops(method, cfg, B, T, targs):
         E = L * len(peft.ADAPTER_SITES[targs.adapter_kind]) * 4 * C * targs.adapter_size
     elif method == "loramoe":  # N rank-r experts + an N-way router on ffn_in and ffn_out
         E = L * sum(2 * targs.moe_experts * (targs.moe_r * (i + o) + i) for i, o in (io["ffn_in"], io["ffn_out"]))
-    matmul = flops_per_token(cfg, 0)
-    attn = flops_per_token(cfg, T + (targs.prefix_len if method == "prefix" else 0)) - matmul
+    T_kv = T + (targs.prefix_len if method == "prefix" else 0)
+    t_q = [T] * (L - 1) + [1 if cls_only else T]
+    weights = sum(2 * 2 * C * C * T + 2 * (2 * C * C + 2 * C * I) * t for t in t_q)
+    attn = sum(4 * t * T_kv * C for t in t_q)
     full = method == "full"
-    forward = matmul + attn + E
-    act_grad = matmul - (0 if full else 2 * 3 * C * C) + 2 * attn + E
-    weight_grad = (matmul if full else 0) + E
-    return (forward + act_grad + weight_grad) * B * T + 3 * 2 * C * NUM_CLASSES * B
+    forward = weights + attn + E * T
+    act_grad = weights - (0 if full else 2 * 3 * C * C * T) + 2 * attn + E * T
+    weight_grad = (weights if full else 0) + E * T
+    return (forward + act_grad + weight_grad) * B + 3 * 2 * C * NUM_CLASSES * B
 
 
 def child(job, a, repeats=1):
@@ -327,7 +331,9 @@ def summarise(a, cfg, runs, out, notes):
             continue
         key, method = job.replace("@", "_"), job.partition("@")[0].removeprefix("hf_")
         secs = [s for r in ok for s in r["s_step"]]
-        s, flops = statistics.median(secs), train_flops(method, cfg, a.batch, a.seq, train.parse_args(["--method", method]))
+        cls_only = not job.startswith("hf_") and method != "loramoe"  # see model.Classifier.cls_only
+        targs = train.parse_args(["--method", method])
+        s, flops = statistics.median(secs), train_flops(method, cfg, a.batch, a.seq, targs, cls_only)
         out.update({f"{key}_tok_s": tok / s, f"{key}_ms_step": 1000 * s, f"{key}_gflops": flops / s / 1e9,
                     f"{key}_peak_mb": max(r["peak_mb"] for r in ok), f"{key}_before_mb": max(r["before_mb"] for r in ok)})
         rows.append(f"| {key} | {tok / s:,.0f} | {tok / max(secs):,.0f}-{tok / min(secs):,.0f} | {1000 * s:.0f} "

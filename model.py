@@ -156,14 +156,18 @@ class Layer(nn.Module):
         self.attn_dropout = Dropout(cfg.attention_probs_dropout_prob)
         self.dropout = Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x, attn_bias, gate=None, prefix=None):
+    def forward(self, x, attn_bias, gate=None, prefix=None, cls_only=False):
         """x (B, T, C); attn_bias (B, 1, 1, P+T) additive, or None when every key may be attended;
-        gate (B,) or None; prefix (k, v) each (B, P, C)."""
+        gate (B,) or None; prefix (k, v) each (B, P, C). cls_only: compute the output of the
+        first ([CLS]) position only, (B, 1, C) - it still attends to every token."""
+        tokens = x                                                  # (B, T, C): keys and values
+        if cls_only:
+            x = x[:, :1]                                            # (B, 1, C): queries, residual
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         q = self.query(x, gate).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.key(x, gate)                                       # (B, T, C)
-        v = self.value(x, gate)
+        k = self.key(tokens, gate)                                  # (B, T_all, C)
+        v = self.value(tokens, gate)
         if prefix is not None:  # prefix tuning: P extra keys/values in front of the sequence
             k = torch.cat([prefix[0].to(k.dtype), k], dim=1)  # (B, P+T, C)
             v = torch.cat([prefix[1].to(v.dtype), v], dim=1)
@@ -202,8 +206,10 @@ class Encoder(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, gates=None, prefix=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, gates=None, prefix=None,
+                cls_only=False):
         """
+        Last hidden states (B, T, C), or (B, 1, C) - the [CLS] position only - with cls_only.
         input_ids (B, T) long; attention_mask (B, T), 1 = real token, 0 = padding.
         gates (B, L) float or None: per-sample, per-layer multiplier of every PEFT delta in
             layer l (None = all on). Prefix keys of layer l get log(gate) added to their
@@ -239,12 +245,13 @@ class Encoder(nn.Module):
                     tokens = torch.zeros(B, T, device=x.device) if token_bias is None else token_bias
                     bias = torch.cat([prefix_bias, tokens], dim=1)  # (B, P+T)
             bias = None if bias is None else bias[:, None, None, :]
+            last_cls = cls_only and l == len(self.layers) - 1  # a classifier reads only [CLS] from the top
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # activation memory O(L) layer inputs instead of every intermediate; one extra forward
                 # per layer in backward. The RNG state is replayed, so dropout masks are the same.
-                x = torch.utils.checkpoint.checkpoint(layer, x, bias, gate, kv, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, bias, gate, kv, last_cls, use_reentrant=False)
             else:
-                x = layer(x, bias, gate, kv)
+                x = layer(x, bias, gate, kv, last_cls)
         return x
 
 
@@ -255,6 +262,10 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.prefix = None  # a module returning per-layer (key, value) pairs, or None
+        # Only the [CLS] state of the top layer reaches the head, so the top layer computes its
+        # query side (query, attention output, FFN) for [CLS] alone: the same logits, ~1/L less
+        # work. A method that needs every top-layer token (LoRAMoE's balance loss) turns it off.
+        self.cls_only = True
         self.head_dropout = Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)  # always trainable
         nn.init.normal_(self.head.weight, std=0.02)
@@ -263,7 +274,7 @@ class Classifier(nn.Module):
     def features(self, input_ids, attention_mask, gates=None):
         """The final [CLS] hidden state (B, C)."""
         prefix = None if self.prefix is None else self.prefix()
-        return self.encoder(input_ids, attention_mask, gates=gates, prefix=prefix)[:, 0]
+        return self.encoder(input_ids, attention_mask, gates=gates, prefix=prefix, cls_only=self.cls_only)[:, 0]
 
     def forward(self, input_ids, attention_mask, gates=None):
         """Logits (B, K)."""

@@ -318,6 +318,7 @@ def inject_loramoe(model, cfg):
             moe = LoRAMoELinear(getattr(layer, name), cfg.n_experts, cfg.r, cfg.alpha, cfg.dropout)
             setattr(layer, name, moe.train(model.training))  # keep the model's mode (dropout off in eval)
     model.peft_config = replace(cfg)
+    model.cls_only = False  # the balance loss counts every real token of every layer, the top one too
     return peft.mark_trainable(model)
 
 

@@ -335,3 +335,29 @@ def test_param_summary_line():
     trainable, total = (int(g.replace(",", "")) for g in m.groups()[:2])
     assert trainable == count_trainable(model) and total == sum(p.numel() for p in model.parameters())
     assert float(m.group(3)) == pytest.approx(100 * trainable / total, abs=0.005)
+
+
+# ----------------------------------------------------------------------------
+# the top layer computes [CLS] only (model.Classifier.cls_only): same logits and gradients
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cls_only_top_layer_gives_the_same_logits_and_gradients(case):
+    model = perturb_trainable(injected(case))
+    for m in model.modules():  # no dropout, so train-mode passes are comparable
+        if hasattr(m, "p") and isinstance(m.p, float):
+            m.p = 0.0
+    ids, mask = batch()
+    gates = torch.rand(len(ids), L, generator=torch.Generator().manual_seed(2))
+    results = []
+    for cls_only in (False, True):
+        model.cls_only = cls_only
+        model.zero_grad(set_to_none=True)
+        logits = model.train()(ids, mask, gates=gates)
+        logits.pow(2).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full, g_full), (top_cls, g_cls) = results
+    assert model.encoder(ids, mask, gates=gates, cls_only=True).shape == (len(ids), 1, TINY_CONFIG.hidden_size)
+    torch.testing.assert_close(top_cls, full, atol=1e-5, rtol=0)
+    assert g_full.keys() == g_cls.keys() and g_full
+    for name in g_full:
+        torch.testing.assert_close(g_cls[name], g_full[name], atol=1e-5, rtol=1e-4, msg=name)
