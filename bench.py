@@ -343,6 +343,13 @@ def summarise(a, cfg, runs, out, notes):
         if f"{m}{sfx}_tok_s" in out and f"hf_{m}{sfx}_tok_s" in out:  # > 1 is faster; < 1 is less memory
             out[f"{m}_vs_hf{sfx}"] = out[f"{m}{sfx}_tok_s"] / out[f"hf_{m}{sfx}_tok_s"]
             out[f"{m}_vs_hf_peak{sfx}"] = out[f"{m}{sfx}_peak_mb"] / out[f"hf_{m}{sfx}_peak_mb"]
+            # the same ratio within each round (the two jobs ran back to back), median over rounds:
+            # robust to the machine speeding up or slowing down between rounds
+            pairs = [statistics.median(h["s_step"]) / statistics.median(o["s_step"])
+                     for o, h in zip(runs[m + sfx.replace("_", "@")], runs["hf_" + m + sfx.replace("_", "@")])
+                     if "error" not in o and "error" not in h]
+            out[f"{m}_vs_hf_rounds{sfx}"] = pairs
+            out[f"{m}_vs_hf_paired{sfx}"] = statistics.median(pairs)
     for m in ("lora", "full"):  # grad checkpointing: activation memory (peak - before) and speed vs without
         if f"{m}_ckpt_tok_s" in out and f"{m}_tok_s" in out:
             out[f"{m}_ckpt_act_mb_ratio"] = ((out[f"{m}_ckpt_peak_mb"] - out[f"{m}_ckpt_before_mb"])
@@ -360,8 +367,9 @@ def print_report(a, out, rows, notes):
           "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     for m in ("lora", "full"):
         if f"{m}_vs_hf" in out:
-            print(f"ours / Hugging Face, {m}: {out[f'{m}_vs_hf']:.2f}x the tokens/s, "
-                  f"{out[f'{m}_vs_hf_peak']:.2f}x the peak memory")
+            rounds = ", ".join(f"{r:.2f}" for r in out[f"{m}_vs_hf_rounds"])
+            print(f"ours / Hugging Face, {m}: {out[f'{m}_vs_hf']:.2f}x the tokens/s (medians); per round "
+                  f"{rounds}, median {out[f'{m}_vs_hf_paired']:.2f}x; {out[f'{m}_vs_hf_peak']:.2f}x the peak memory")
         if f"{m}_ckpt_act_mb_ratio" in out:
             print(f"{m} with grad checkpointing: {out[f'{m}_ckpt_act_mb_ratio']:.2f}x the activation memory "
                   f"(peak - before), {out[f'{m}_ckpt_speed_ratio']:.2f}x the tokens/s")
