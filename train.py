@@ -446,6 +446,8 @@ def main(argv=None):
         print(f"\ninterrupted: continue with the same command plus --resume (checkpoint in {args.out})",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        dist.teardown()  # leaves the torchrun process group, if any
 
 
 if __name__ == "__main__":
