@@ -13,7 +13,7 @@ Regenerate the README's results with one command: run a named grid of `train.py`
   that has not run yet shows up as fewer seeds, never as a made-up number.
 
 Usage:
-    python experiments.py --grid quick --jobs 2              # ~30 min on a 2-core CPU
+    python experiments.py --grid quick --jobs 2              # ~20 min on a 2-core CPU
     python experiments.py --grid cpu --jobs 2 --write_readme # the README's grid (hours on a CPU)
     python experiments.py --grid paper --device cuda         # full datasets, for a single GPU
     python experiments.py --grid cpu --dry_run               # list the cells and what is done
@@ -82,7 +82,7 @@ SWEEP_CELLS = cells(["mr"], [("sym", 0.4)], ["match-tau0.3", "match-tau1", "matc
                     {"mr": CPU_DATA})
 R8_CELLS = cells(["r8"], [("sym", 0.4), ("asym", 0.4)], ["lora", "clear", "full"], [0], {"r8": CPU_DATA})
 GRIDS = {
-    # ~30 min with --jobs 2 on a 2-core CPU: one seed of the two 40% mr settings
+    # ~20 min with --jobs 2 on a 2-core CPU (20 such cells took 32 min here): seed 0 of the two 40% mr settings
     "quick": cells(["mr"], MR_NOISE[:2], MAIN_METHODS, [0], {"mr": CPU_DATA}),
     # the README's grid, most informative first: seed 0 of every mr setting, the sweeps, the held-out
     # R8 rows, seeds 1 and 2 of mr, then 20 Newsgroups
