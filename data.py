@@ -340,7 +340,7 @@ def collate(token_ids: list[np.ndarray], index, pad_id: int = 0,
             pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad the selected sequences to the longest one (or to `pad_to`); mask is 1 on real tokens."""
     seqs = [token_ids[i] for i in index]
-    width = max(len(s) for s in seqs) if pad_to is None else max(pad_to, max(len(s) for s in seqs))
+    width = max(max(len(s) for s in seqs), pad_to or 0)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for row, s in enumerate(seqs):
@@ -359,16 +359,19 @@ class Batch(NamedTuple):
 
 def iterate_batches(token_ids: list[np.ndarray], observed_labels, true_labels, batch_size: int,
                     seed: int, epoch: int, shuffle: bool, pad_id: int = 0,
-                    pad_to: int | None = None) -> Iterator[Batch]:
+                    pad_to: int | None = None, share=None) -> Iterator[Batch]:
     """Yield length-bucketed Batches over the whole split. With `pad_to`, batches are random
-    (no bucketing) and every one is padded to that width, as fixed-length pipelines do."""
+    (no bucketing) and every one is padded to that width, as fixed-length pipelines do.
+    `share` picks this process's part of the epoch's index batches before any is collated
+    (torchrun, see dist.shard); None = all of them."""
     observed = torch.as_tensor(np.asarray(observed_labels), dtype=torch.long)
     true = torch.as_tensor(np.asarray(true_labels), dtype=torch.long)
     if not len(token_ids) == len(observed) == len(true):
         raise DataError("token_ids, observed_labels and true_labels differ in length")
     lengths = np.array([len(t) for t in token_ids])
     bucket_factor = 1 if pad_to else 50  # 1: a chunk is one batch, so nothing is grouped by length
-    for idx in length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle, bucket_factor):
+    batches = length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle, bucket_factor)
+    for idx in batches if share is None else share(batches):
         ids, mask = collate(token_ids, idx, pad_id, pad_to)
         idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         yield Batch(ids, mask, idx_t, observed[idx_t], true[idx_t])

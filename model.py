@@ -22,8 +22,8 @@ Usage:
 """
 
 import importlib.util
-import math
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 

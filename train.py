@@ -325,8 +325,9 @@ def run(args):
     trainable, total = count_params(model)
     log(f"{args.method}: {peft.param_summary(model)}" + (f"; {world} ranks" if world > 1 else ""))
 
-    steps_per_epoch = len(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0))
-    steps_per_epoch = len(dist.shard(list(range(steps_per_epoch)), rank, world))
+    share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
+    steps_per_epoch = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size,
+                                                              args.seed, 0)))
     opt, sched = build_optimizer(model, args, steps_per_epoch * args.epochs)
     history, start_epoch, wall_before = [], 0, 0.0
     sample_losses = []  # per epoch, each training sample's loss on its observed label (for plots)
@@ -351,9 +352,8 @@ def run(args):
         model.train()
         t0, losses, aux_sums = time.time(), [], {}
         batches = data.iterate_batches(train_ids, observed, true, args.batch_size, args.seed, epoch, shuffle=True,
-                                       pad_to=pad_to)
-        if world > 1:  # this rank's share of the epoch's batches, and its own dropout / gate draws
-            batches = dist.shard(list(batches), rank, world)
+                                       pad_to=pad_to, share=share)
+        if world > 1:  # each rank its own dropout / gate draws
             torch.manual_seed(args.seed * 100_003 + epoch * 1_009 + rank)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=args.no_progress or not main_rank)

@@ -143,10 +143,15 @@ def test_errors(tmp_path):
     _raises(["unknown"], "imdb")
 
 
-# ------------------------------------------------------------------- max_train
-def test_max_train_stratified_and_deterministic(tmp_path):
+# ------------------------------------------------------------------- max_train / max_test
+def _skewed_csv(tmp_path):
+    """100 rows over three classes of 70 / 25 / 5."""
     rows = [(f"t{i}", lab) for i, lab in enumerate(["a"] * 70 + ["b"] * 25 + ["c"] * 5)]
-    path = _write(tmp_path / "s.csv", rows)
+    return _write(tmp_path / "s.csv", rows)
+
+
+def test_max_train_stratified_and_deterministic(tmp_path):
+    path = _skewed_csv(tmp_path)
     full = load_data(path)
     d = load_data(path, max_train=20, seed=1)
     assert len(d.train.texts) == 20 and d.test.texts == full.test.texts
@@ -161,8 +166,7 @@ def test_max_train_stratified_and_deterministic(tmp_path):
 
 
 def test_max_test_stratified_and_same_for_every_seed(tmp_path):
-    rows = [(f"t{i}", lab) for i, lab in enumerate(["a"] * 70 + ["b"] * 25 + ["c"] * 5)]
-    path = _write(tmp_path / "s.csv", rows)
+    path = _skewed_csv(tmp_path)
     full = load_data(path)
     d = load_data(path, max_test=10, seed=1)
     assert len(d.test.texts) == 10 and d.train.texts == full.train.texts
