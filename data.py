@@ -161,6 +161,24 @@ def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
         raise DataError(f"{path}: unsupported extension '{ext}' (use {', '.join(USER_EXTENSIONS)})")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    try:
+        rows = _read_rows(path, ext)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                        "save the file as UTF-8") from None
+    out = []
+    for line_no, text, label in rows:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}: line {line_no}: empty or non-string text")
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip():
+            raise DataError(f"{path}: line {line_no}: label must be a non-empty string or int, "
+                            f"got {label!r}")
+        out.append((line_no, text, str(label).strip()))
+    return out
+
+
+def _read_rows(path: Path, ext: str) -> list[tuple[int, object, object]]:
+    """(line number, text, label) as found in the file, before any check of their values."""
     rows = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         if ext == ".jsonl":
@@ -191,15 +209,7 @@ def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
                         raise DataError(f"{path}: line {start}: too few fields ({len(rec)})")
                     rows.append((start, rec[t], rec[l]))
                 start = reader.line_num + 1
-    out = []
-    for line_no, text, label in rows:
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}: line {line_no}: empty or non-string text")
-        if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip():
-            raise DataError(f"{path}: line {line_no}: label must be a non-empty string or int, "
-                            f"got {label!r}")
-        out.append((line_no, text, str(label).strip()))
-    return out
+    return rows
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
@@ -350,14 +360,15 @@ def collate(token_ids: list[np.ndarray], index, pad_id: int = 0,
 
 
 class Batch(NamedTuple):
+    """What a training step sees. The true labels are not in it: only the per-epoch metrics
+    (evaluation.py) receive them, so no method can peek."""
     input_ids: torch.Tensor       # (B, T) token ids, right-padded
     attention_mask: torch.Tensor  # (B, T) 1 = real token, 0 = padding
     index: torch.Tensor           # (B,) position of each example in the training split
     label: torch.Tensor           # (B,) observed, possibly noisy label
-    true_label: torch.Tensor      # (B,) clean label (for analysis only, never for training)
 
 
-def iterate_batches(token_ids: list[np.ndarray], observed_labels, true_labels, batch_size: int,
+def iterate_batches(token_ids: list[np.ndarray], observed_labels, batch_size: int,
                     seed: int, epoch: int, shuffle: bool, pad_id: int = 0,
                     pad_to: int | None = None, share=None) -> Iterator[Batch]:
     """Yield length-bucketed Batches over the whole split. With `pad_to`, batches are random
@@ -365,16 +376,15 @@ def iterate_batches(token_ids: list[np.ndarray], observed_labels, true_labels, b
     `share` picks this process's part of the epoch's index batches before any is collated
     (torchrun, see dist.shard); None = all of them."""
     observed = torch.as_tensor(np.asarray(observed_labels), dtype=torch.long)
-    true = torch.as_tensor(np.asarray(true_labels), dtype=torch.long)
-    if not len(token_ids) == len(observed) == len(true):
-        raise DataError("token_ids, observed_labels and true_labels differ in length")
+    if len(token_ids) != len(observed):
+        raise DataError("token_ids and observed_labels differ in length")
     lengths = np.array([len(t) for t in token_ids])
     bucket_factor = 1 if pad_to else 50  # 1: a chunk is one batch, so nothing is grouped by length
     batches = length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle, bucket_factor)
     for idx in batches if share is None else share(batches):
         ids, mask = collate(token_ids, idx, pad_id, pad_to)
         idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-        yield Batch(ids, mask, idx_t, observed[idx_t], true[idx_t])
+        yield Batch(ids, mask, idx_t, observed[idx_t])
 
 
 def padding_fraction(token_ids: list[np.ndarray], batches: list[np.ndarray]) -> float:

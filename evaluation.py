@@ -1,7 +1,7 @@
 """
-Passes over a split without gradients: logits in example order (gathered over ranks under
-torchrun), the memorisation metrics of noisy-label training, and the pretrained encoder's
-sentence embeddings (the features of instance-dependent noise).
+Passes over a split without gradients - logits in example order (gathered over ranks under
+torchrun), the pretrained encoder's sentence embeddings (the features of instance-dependent
+noise) - and the per-epoch metrics, the one place that sees the true training labels.
 
 Memorisation follows Arpit et al. 2017 / the CleaR paper (Kim et al. 2024, Sec. 3): for
 each truly noisy training sample, is the prediction the noisy label (memorised), the true
@@ -17,9 +17,9 @@ from model import mean_pool
 
 
 @torch.no_grad()
-def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None, rank=0, world=1):
-    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode.
-    Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
+def predict(model, token_ids, batch_size, device, autocast, hooks, pad_to=None, rank=0, world=1):
+    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode, gated by
+    hooks.eval_gates (routing.Routing). Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
     model.eval()
     generator = torch.Generator().manual_seed(rank)  # evaluation gates repeat exactly
     out, filled = None, np.zeros(len(token_ids), dtype=bool)
@@ -28,13 +28,20 @@ def predict(model, token_ids, batch_size, device, autocast, router, pad_to=None,
         idx = by_length[start:start + batch_size]
         filled[idx] = True
         ids, mask = data.collate(token_ids, idx, pad_to=pad_to)
-        gates = router.eval_gates(len(idx), device, generator)
+        gates = hooks.eval_gates(len(idx), device, generator)
         with autocast():
             logits = model(ids.to(device), mask.to(device), gates=gates).float().cpu().numpy()
         if out is None:
             out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
     return dist.gather_rows(out, filled, device)
+
+
+def epoch_metrics(test_pred, test_labels, train_logits, observed, true, hooks):
+    """Test accuracy, memorisation on the training set, and the method's own metrics
+    (hooks.epoch_metrics): everything that is scored against true labels."""
+    return {"test_acc": float((test_pred == test_labels).mean()),
+            **memorisation(train_logits.argmax(1), observed, true), **hooks.epoch_metrics(observed, true)}
 
 
 def memorisation(pred, observed, true):

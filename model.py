@@ -23,7 +23,6 @@ Usage:
 
 import importlib.util
 import json
-import math
 import os
 from dataclasses import dataclass, fields
 
@@ -91,37 +90,18 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-def cpu_dropout(x, p):
-    """Inverted dropout drawing half the random numbers F.dropout draws on the CPU.
+class Attention(nn.Module):
+    """softmax(q k^T / sqrt(hs) + bias) v, dropout on the attention weights in training
+    (Vaswani et al. 2017, Sec. 3.2.1). F.scaled_dot_product_attention is one fused kernel
+    with the same result."""
 
-    PyTorch's CPU generator is serial, one draw per element, so dropout was ~18% of a LoRA
-    training step (bench.py, torch.profiler). Here one 32-bit draw yields two 16-bit
-    uniforms: an element is dropped when its uniform falls in the lowest round(p * 65536) of
-    the 65536 values, so p is rounded to a multiple of 1/65536 (0.1 -> 0.100006), and kept
-    elements are scaled by 1 / (1 - that rounded p)."""
-    n = x.numel()
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-2 ** 31, 2 ** 31)
-    u = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    n_drop = round(p * 65536)
-    return torch.where(u >= n_drop - 32768, x * (65536 / (65536 - n_drop)), 0.0)
-
-
-class Dropout(nn.Module):
-    """nn.Dropout with the cheaper CPU sampler above; F.dropout on CUDA, identity in eval."""
-
-    def __init__(self, p):
+    def __init__(self, dropout):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p = dropout
 
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        return F.dropout(x, self.p, True) if x.is_cuda else cpu_dropout(x, self.p)
-
-    def extra_repr(self):
-        return f"p={self.p}"
+    def forward(self, q, k, v, bias):
+        """q (B, nh, T, hs), k and v (B, nh, T_kv, hs), bias (B, 1, 1, T_kv) additive or None."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p if self.training else 0.0)
 
 
 class Embeddings(nn.Module):
@@ -131,7 +111,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.size(1)
@@ -153,13 +133,14 @@ class Layer(nn.Module):
         self.ffn_in = Linear(C, cfg.intermediate_size)
         self.ffn_out = Linear(cfg.intermediate_size, C)
         self.ffn_norm = LayerNorm(C, eps=cfg.layer_norm_eps)
-        self.attn_dropout = Dropout(cfg.attention_probs_dropout_prob)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.attention = Attention(cfg.attention_probs_dropout_prob)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x, attn_bias, gate=None, prefix=None, cls_only=False):
         """x (B, T, C); attn_bias (B, 1, 1, P+T) additive, or None when every key may be attended;
-        gate (B,) or None; prefix (k, v) each (B, P, C). cls_only: compute the output of the
-        first ([CLS]) position only, (B, 1, C) - it still attends to every token."""
+        gate (B,) or None; prefix (k, v) each (B, P, C). cls_only (a speed path, speedups.py):
+        compute the output of the first ([CLS]) position only, (B, 1, C) - it still attends
+        to every token."""
         tokens = x                                                  # (B, T, C): keys and values
         if cls_only:
             x = x[:, :1]                                            # (B, 1, C): queries, residual
@@ -173,15 +154,7 @@ class Layer(nn.Module):
             v = torch.cat([prefix[1].to(v.dtype), v], dim=1)
         k = k.view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, P+T, hs)
         v = v.view(B, -1, nh, hs).transpose(1, 2)
-        bias = None if attn_bias is None else attn_bias.to(q.dtype)
-        p = self.attn_dropout.p if self.training else 0.0
-        if p == 0 or q.is_cuda:  # SDPA: a fused kernel, same result as softmax(q k^T / sqrt(hs) + bias) v
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        else:  # SDPA's CPU kernels cannot drop attention weights; its fallback is these lines
-            scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, P+T)
-            if bias is not None:
-                scores = scores + bias
-            y = self.attn_dropout(scores.softmax(-1)) @ v      # (B, nh, T, hs)
+        y = self.attention(q, k, v, None if attn_bias is None else attn_bias.to(q.dtype))  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads
         x = self.attn_norm(x + self.dropout(self.attn_out(y, gate)), gate)
         h = self.ffn_out(F.gelu(self.ffn_in(x, gate), approximate="none"), gate)  # BERT's exact erf GELU
@@ -197,6 +170,7 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.grad_checkpointing = False  # True: keep only each layer's input, recompute the rest in backward
+        self.skip_unpadded_mask = False  # True: no mask for a batch without padding (a speed path, speedups.py)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -225,11 +199,10 @@ class Encoder(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
-        # additive mask: 0 where attention is allowed, -inf on padding keys; None for a batch
-        # without padding (a length bucket often has none), which saves SDPA the mask
-        token_bias = None
-        if not bool(attention_mask.all()):
-            token_bias = torch.zeros(B, T, device=x.device).masked_fill(attention_mask == 0, float("-inf"))
+        # additive mask: 0 where attention is allowed, -inf on padding keys
+        token_bias = torch.zeros(B, T, device=x.device).masked_fill(attention_mask == 0, float("-inf"))
+        if self.skip_unpadded_mask and bool(attention_mask.all()):
+            token_bias = None
         for l, layer in enumerate(self.layers):
             gate = None if gates is None else gates[:, l]
             kv, bias = None, token_bias
@@ -262,11 +235,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.prefix = None  # a module returning per-layer (key, value) pairs, or None
-        # Only the [CLS] state of the top layer reaches the head, so the top layer computes its
-        # query side (query, attention output, FFN) for [CLS] alone: the same logits, ~1/L less
-        # work. A method that needs every top-layer token (LoRAMoE's balance loss) turns it off.
-        self.cls_only = True
-        self.head_dropout = Dropout(dropout)
+        self.cls_only = False  # True: the top layer computes [CLS] alone (a speed path, speedups.py)
+        self.head_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)  # always trainable
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -403,8 +373,8 @@ def count_params(module):
     return sum(p.numel() for p in module.parameters() if p.requires_grad), total
 
 
-def flops_per_token(cfg, T):
-    """Forward matmul FLOPs per token (2 per multiply-add), for throughput reports."""
-    C, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    return L * (2 * (4 * C * C + 2 * C * I) + 2 * 2 * T * C)
-
+def linear_shapes(cfg):
+    """(in, out) features of each Linear sub-module of a Layer: the one shape table that
+    parameter counts (peft.py) and FLOP counts (bench.py) read."""
+    C, I = cfg.hidden_size, cfg.intermediate_size
+    return {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}

@@ -1,5 +1,6 @@
 """
-Parameter-efficient fine-tuning (PEFT) modules for the encoder in model.py.
+Parameter-efficient fine-tuning (PEFT) modules for the encoder in model.py, and the
+registry of PEFT kinds.
 
 References:
 1) Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", Sec. 4.1
@@ -15,7 +16,14 @@ References:
 5) Ben Zaken et al. 2022, "BitFit: Simple Parameter-efficient Fine-tuning for
    Transformer-based Masked Language-models", Sec. 2 (train only the bias terms).
 
-Conventions shared by every method:
+The registry: every PEFT kind is one dataclass registered with @register. Its fields are
+its settings (each one a train.py flag, with the help text given to `setting`); its
+class attributes and methods declare everything else the project needs to know of it:
+the default learning rate, CleaR's base rate, how it is injected, its closed-form
+trainable-parameter count and the FLOPs bench.py counts for its branches. A new kind is
+one such class (see tests/test_registry.py); train.py, methods.py, bench.py read KINDS.
+
+Conventions shared by every kind:
 - A PEFT module wraps the frozen base layer by composition (attribute `base`) and only
   adds a *delta*; the pretrained weights are never modified (LoRA's explicit merge()
   is the one, reversible, exception).
@@ -23,7 +31,7 @@ Conventions shared by every method:
   model's function - except prefix tuning, see PrefixTuning.
 - Every base layer is called as `module(x, gate)`; `gate` (B,) multiplies the delta per
   sample, which is how CleaR (routing.py) switches PEFT modules on and off.
-- Parameter names carry the method prefix (lora_, adapter_, prefix_, bitfit_, and
+- Parameter names carry the kind's prefix (lora_, adapter_, prefix_, bitfit_, and
   router_ / match_ used by routing.py), so freezing and saving are one name filter.
 
 LoRA on one projection (shapes for x of shape (B, T, in)):
@@ -41,85 +49,126 @@ LoRA on one projection (shapes for x of shape (B, T, in)):
 
 Usage:
     model = Classifier(encoder, num_classes)        # pretrained weights already loaded
-    inject(model, PeftConfig(method="lora"))        # wraps, freezes, records the config
+    inject(model, LoRA(lora_r=8))                   # wraps, freezes, records the config
     print(param_summary(model))
-    save_peft(model, "runs/x")                      # PEFT tensors + head, plus a JSON config
-    load_peft(inject(fresh_model, cfg), "runs/x")
+    checkpoint.save_peft(model, "runs/x")           # PEFT tensors + head, plus a JSON config (checkpoint.py)
 """
 
-import json
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Dropout  # F.dropout on CUDA, a cheaper sampler on the CPU
+from model import count_params, linear_shapes
 
-METHODS = ("full", "lora", "adapter", "prefix", "bitfit")
 LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # Linear sub-modules of model.Layer
 ADAPTER_SITES = {"houlsby": ("attn_out", "ffn_out"), "pfeiffer": ("ffn_out",)}
 BITFIT_SITES = ("query", "key", "value", "attn_out", "attn_norm", "ffn_in", "ffn_out", "ffn_norm")
 PEFT_PREFIXES = ("lora_", "adapter_", "prefix_", "bitfit_", "router_", "match_")
-WEIGHTS_NAME, CONFIG_NAME = "peft.safetensors", "peft_config.json"
 
 
 class PeftError(ValueError):
     """An invalid PEFT setting, or a PEFT file that does not fit the model."""
 
 
+# ----------------------------------------------------------------------------
+# The registry
+
+def setting(default, help, choices=None):
+    """A dataclass field that is also a train.py flag: `--<name>`, with this default and help."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
-class PeftConfig:
-    method: str = "lora"            # one of METHODS; "full" = plain fine-tuning of everything
-    lora_r: int = 8                 # rank r of the update B A
-    lora_alpha: float = 16          # the update is scaled by alpha / r (so r can change without retuning lr)
-    lora_dropout: float = 0.1       # dropout on the input of the low-rank branch only
-    lora_targets: str = "query,value"  # comma list from LORA_TARGETS, or "all-linear"
-    adapter_kind: str = "houlsby"   # "houlsby" (attn_out + ffn_out) or "pfeiffer" (ffn_out only)
-    adapter_size: int = 16          # bottleneck width m of each adapter
-    prefix_len: int = 20            # P, learned key/value positions per layer
-    prefix_mlp: bool = False        # train the prefix through an MLP reparameterisation (Li & Liang Sec. 4.3)
-    prefix_mlp_hidden: int = 512    # hidden width of that MLP
+class PeftKind:
+    """Base of every registry entry. Subclasses are dataclasses of the kind's settings."""
+    name: ClassVar[str]                       # --method NAME / --peft NAME
+    default_lr: ClassVar[float]               # peak learning rate, measured on clean mr (README)
+    clear_base_rate: ClassVar[float | None] = None  # CleaR's gate rate r (official code); None: not routable
+    trains_base: ClassVar[bool] = False       # True: every pretrained weight trains (full fine-tuning)
+    standalone: ClassVar[bool] = True         # offered as --method NAME and --peft NAME
+    must_match: ClassVar[tuple] = ()          # settings that change what saved tensors mean
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise PeftError(f"unknown PEFT method {self.method!r}; valid methods are {', '.join(METHODS)}")
-        for name in ("lora_r", "adapter_size", "prefix_len", "prefix_mlp_hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PeftError(f"{name} must be an integer >= 1, got {value!r}")
-        if not self.lora_alpha > 0:
-            raise PeftError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise PeftError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.adapter_kind not in ADAPTER_SITES:
-            raise PeftError(f"unknown adapter_kind {self.adapter_kind!r}; valid kinds are {', '.join(ADAPTER_SITES)}")
-        lora_target_names(self.lora_targets)  # raises on unknown names
+        self.validate()
 
-    @classmethod
-    def from_dict(cls, d):
-        """A config from a dict such as read_peft_config() returns; extra keys are ignored."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def validate(self):
+        """Raise PeftError for an impossible setting."""
+
+    def inject(self, model):
+        """Wrap the layers of a model.Classifier in place (peft.inject freezes and records)."""
+        raise NotImplementedError
+
+    def trainable_params(self, bert, num_classes):
+        """The trainable parameter count the definition implies (closed form), head included."""
+        raise NotImplementedError
+
+    def branch_flops(self, bert):
+        """Forward FLOPs per token of the kind's own matmuls, all layers (2 per multiply-add)."""
+        return 0
+
+    def extra_keys(self):
+        """Attention positions the kind adds in front of every sequence (prefix tuning)."""
+        return 0
 
 
-def lora_target_names(spec):
-    """ "query,value" -> ["query", "value"]; "all-linear" -> every Linear of a layer."""
-    if spec.strip() == "all-linear":
-        return list(LORA_TARGETS)
-    names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))  # dedupe, keep order
-    unknown = [n for n in names if n not in LORA_TARGETS]
-    if unknown or not names:
-        raise PeftError(f"unknown LoRA target(s) {unknown or [spec]}; valid names are "
-                        f"{', '.join(LORA_TARGETS)} (comma-separated), or all-linear")
-    return names
+KINDS = {}  # name -> PeftKind subclass, in registration order
+
+
+def register(cls):
+    """Class decorator: add a PeftKind dataclass to KINDS."""
+    if cls.name in KINDS and KINDS[cls.name] is not cls:
+        raise PeftError(f"a PEFT kind named {cls.name!r} is already registered")
+    KINDS[cls.name] = cls
+    return cls
+
+
+def kind_config(name, values):
+    """The settings of kind `name` taken from a mapping (vars(args), a saved JSON dict); others ignored."""
+    if name not in KINDS:
+        raise PeftError(f"unknown PEFT kind {name!r}; registered kinds are {', '.join(KINDS)}")
+    cls = KINDS[name]
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def head_params(bert, num_classes):
+    return bert.hidden_size * num_classes + num_classes
+
+
+def _positive_ints(cfg, *names):
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PeftError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _per_sample(gate, like):
     """gate (B,) -> (B, 1, ..., 1) in the dtype of `like`, ready to broadcast over a delta."""
     return gate.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------
+# Full fine-tuning: no PEFT module, every weight trains
+
+@register
+@dataclass
+class Full(PeftKind):
+    """Full fine-tuning: every weight trains."""
+    name: ClassVar[str] = "full"
+    default_lr: ClassVar[float] = 3e-5
+    trains_base: ClassVar[bool] = True
+
+    def inject(self, model):
+        pass
+
+    def trainable_params(self, bert, num_classes):
+        C, I, L = bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers
+        emb = (bert.vocab_size + bert.max_position_embeddings + bert.type_vocab_size) * C + 2 * C
+        layer = sum(i * o + o for i, o in linear_shapes(bert).values()) + 2 * (2 * C)  # six Linears, 2 LayerNorms
+        return emb + L * layer + head_params(bert, num_classes)
 
 
 # ----------------------------------------------------------------------------
@@ -138,7 +187,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_dropout = Dropout(dropout)
+        self.lora_dropout = nn.Dropout(dropout)
         self.merged = False  # True while W0 holds W0 + scaling * B A
 
     def delta_weight(self):
@@ -175,6 +224,55 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self):
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+@register
+@dataclass
+class LoRA(PeftKind):
+    """LoRA (peft.py, Hu et al. 2021)"""
+    name: ClassVar[str] = "lora"
+    default_lr: ClassVar[float] = 2e-3
+    clear_base_rate: ClassVar[float] = 0.85
+    must_match: ClassVar[tuple] = ("lora_r", "lora_alpha", "lora_targets")
+    lora_r: int = setting(8, "LoRA rank r")
+    lora_alpha: float = setting(16, "LoRA alpha; the update is scaled by alpha/r (so r can change without retuning lr)")
+    lora_dropout: float = setting(0.1, "dropout on the input of the low-rank branch only")
+    lora_targets: str = setting("query,value", "comma list of query,key,value,attn_out,ffn_in,ffn_out, or all-linear")
+
+    def validate(self):
+        _positive_ints(self, "lora_r")
+        if not self.lora_alpha > 0:
+            raise PeftError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise PeftError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        # raises on unknown names; one spelling per target list, so saved settings compare with ==
+        self.lora_targets = ",".join(t for t in LORA_TARGETS if t in lora_target_names(self.lora_targets))
+
+    def inject(self, model):
+        for layer in model.encoder.layers:
+            for name in self.lora_targets.split(","):
+                setattr(layer, name, LoRALinear(getattr(layer, name), self.lora_r, self.lora_alpha, self.lora_dropout))
+
+    def trainable_params(self, bert, num_classes):  # r * (in + out) per target: A is (r, in), B is (out, r)
+        shapes = linear_shapes(bert)
+        per_layer = sum(self.lora_r * sum(shapes[t]) for t in self.lora_targets.split(","))
+        return bert.num_hidden_layers * per_layer + head_params(bert, num_classes)
+
+    def branch_flops(self, bert):  # x A^T then (.) B^T: 2 * r * (in + out) per target
+        shapes = linear_shapes(bert)
+        return bert.num_hidden_layers * sum(2 * self.lora_r * sum(shapes[t]) for t in self.lora_targets.split(","))
+
+
+def lora_target_names(spec):
+    """ "query,value" -> ["query", "value"]; "all-linear" -> every Linear of a layer."""
+    if spec.strip() == "all-linear":
+        return list(LORA_TARGETS)
+    names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))  # dedupe, keep order
+    unknown = [n for n in names if n not in LORA_TARGETS]
+    if unknown or not names:
+        raise PeftError(f"unknown LoRA target(s) {unknown or [spec]}; valid names are "
+                        f"{', '.join(LORA_TARGETS)} (comma-separated), or all-linear")
+    return names
 
 
 def _lora_layers(model):
@@ -226,6 +324,37 @@ class AdapterWrapper(nn.Module):
         return y + (h if gate is None else h * _per_sample(gate, h))
 
 
+@register
+@dataclass
+class Adapter(PeftKind):
+    """Bottleneck adapters (peft.py, Houlsby et al. 2019; Pfeiffer et al. 2021)"""
+    name: ClassVar[str] = "adapter"
+    default_lr: ClassVar[float] = 2e-3
+    clear_base_rate: ClassVar[float] = 0.7
+    must_match: ClassVar[tuple] = ("adapter_kind", "adapter_size")
+    adapter_kind: str = setting("houlsby", "houlsby: after attention and FFN; pfeiffer: after the FFN only",
+                                choices=tuple(ADAPTER_SITES))
+    adapter_size: int = setting(16, "adapter bottleneck width m")
+
+    def validate(self):
+        _positive_ints(self, "adapter_size")
+        if self.adapter_kind not in ADAPTER_SITES:
+            raise PeftError(f"unknown adapter_kind {self.adapter_kind!r}; valid kinds are {', '.join(ADAPTER_SITES)}")
+
+    def inject(self, model):
+        for layer in model.encoder.layers:
+            for name in ADAPTER_SITES[self.adapter_kind]:
+                setattr(layer, name, AdapterWrapper(getattr(layer, name), self.adapter_size))
+
+    def trainable_params(self, bert, num_classes):  # down (m, C) + m, up (C, m) + C per site
+        C, m = bert.hidden_size, self.adapter_size
+        sites = len(ADAPTER_SITES[self.adapter_kind])
+        return bert.num_hidden_layers * sites * (2 * C * m + m + C) + head_params(bert, num_classes)
+
+    def branch_flops(self, bert):  # down and up: 2 * 2 * C * m per site
+        return bert.num_hidden_layers * len(ADAPTER_SITES[self.adapter_kind]) * 4 * bert.hidden_size * self.adapter_size
+
+
 # ----------------------------------------------------------------------------
 # Prefix tuning (Li & Liang 2021, Sec. 4.2-4.3)
 
@@ -266,6 +395,38 @@ class PrefixTuning(nn.Module):
         return [(kv[:, l, 0], kv[:, l, 1]) for l in range(self.n_layer)]
 
 
+@register
+@dataclass
+class Prefix(PeftKind):
+    """Prefix tuning (peft.py, Li & Liang 2021)"""
+    name: ClassVar[str] = "prefix"
+    default_lr: ClassVar[float] = 2e-2
+    clear_base_rate: ClassVar[float] = 0.85
+    must_match: ClassVar[tuple] = ("prefix_len", "prefix_mlp", "prefix_mlp_hidden")
+    prefix_len: int = setting(20, "prefix length P (key/value vectors per layer)")
+    prefix_mlp: bool = setting(False, "train the prefix through a reparameterisation MLP (Li & Liang Sec. 4.3)")
+    prefix_mlp_hidden: int = setting(512, "hidden width of that MLP")
+
+    def validate(self):
+        _positive_ints(self, "prefix_len", "prefix_mlp_hidden")
+
+    def inject(self, model):
+        if model.prefix is not None:
+            raise PeftError("the model already has a prefix module")
+        bc = model.encoder.config
+        model.prefix = PrefixTuning(bc.num_hidden_layers, bc.hidden_size, self.prefix_len, self.prefix_mlp,
+                                    self.prefix_mlp_hidden).to(model.head.weight.device)
+
+    def trainable_params(self, bert, num_classes):
+        P, H, C = self.prefix_len, self.prefix_mlp_hidden, bert.hidden_size
+        width = bert.num_hidden_layers * 2 * C
+        prefix = P * C + (C * H + H) + (H * width + width) if self.prefix_mlp else P * width
+        return prefix + head_params(bert, num_classes)
+
+    def extra_keys(self):
+        return self.prefix_len
+
+
 # ----------------------------------------------------------------------------
 # BitFit (Ben Zaken et al. 2022, Sec. 2)
 
@@ -288,6 +449,25 @@ class BitFitWrapper(nn.Module):
         return y + (self.bitfit_bias if gate is None else _per_sample(gate, y) * self.bitfit_bias)
 
 
+@register
+@dataclass
+class BitFit(PeftKind):
+    """BitFit (peft.py, Ben Zaken et al. 2022)"""
+    name: ClassVar[str] = "bitfit"
+    default_lr: ClassVar[float] = 5e-3
+    clear_base_rate: ClassVar[float] = 0.9
+
+    def inject(self, model):
+        for layer in model.encoder.layers:
+            for name in BITFIT_SITES:
+                setattr(layer, name, BitFitWrapper(getattr(layer, name)))
+
+    def trainable_params(self, bert, num_classes):  # one bias per Linear output, one shift per LayerNorm
+        C = bert.hidden_size
+        per_layer = sum(o for _, o in linear_shapes(bert).values()) + 2 * C
+        return bert.num_hidden_layers * per_layer + head_params(bert, num_classes)
+
+
 # ----------------------------------------------------------------------------
 # Injection, freezing, accounting
 
@@ -305,184 +485,17 @@ def mark_trainable(model, full=False):
 
 
 def inject(model, cfg):
-    """Add the PEFT modules of `cfg` to a Classifier in place (after its pretrained weights
-    were loaded), freeze everything else, and record the config as model.peft_config."""
+    """Add the PEFT modules of `cfg` (a registered PeftKind) to a Classifier in place, after its
+    pretrained weights were loaded; freeze everything else; record the config as model.peft_config."""
     if getattr(model, "peft_config", None) is not None:
-        raise PeftError(f"the model already has {model.peft_config.method!r} injected")
+        raise PeftError(f"the model already has {model.peft_config.name!r} injected")
     cfg = replace(cfg)  # a private copy, validated again (__post_init__) in case it was edited
-    layers = model.encoder.layers
-    if cfg.method == "lora":
-        for layer in layers:
-            for name in lora_target_names(cfg.lora_targets):
-                setattr(layer, name, LoRALinear(getattr(layer, name), cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
-    elif cfg.method == "adapter":
-        for layer in layers:
-            for name in ADAPTER_SITES[cfg.adapter_kind]:
-                setattr(layer, name, AdapterWrapper(getattr(layer, name), cfg.adapter_size))
-    elif cfg.method == "prefix":
-        if model.prefix is not None:
-            raise PeftError("the model already has a prefix module")
-        bc = model.encoder.config
-        model.prefix = PrefixTuning(bc.num_hidden_layers, bc.hidden_size, cfg.prefix_len,
-                                    cfg.prefix_mlp, cfg.prefix_mlp_hidden).to(model.head.weight.device)
-    elif cfg.method == "bitfit":
-        for layer in layers:
-            for name in BITFIT_SITES:
-                setattr(layer, name, BitFitWrapper(getattr(layer, name)))
+    cfg.inject(model)
     model.peft_config = cfg
-    return mark_trainable(model, full=cfg.method == "full")
+    return mark_trainable(model, full=cfg.trains_base)
 
 
 def param_summary(model):
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = count_params(model)
     return (f"trainable params: {trainable:,} || all params: {total:,} || "
             f"trainable: {100 * trainable / max(total, 1):.2f}%")
-
-
-def expected_trainable_params(cfg, bert_config, num_classes):
-    """The trainable parameter count implied by the method definitions (closed form)."""
-    C, I, L = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_hidden_layers
-    head = C * num_classes + num_classes
-    if cfg.method == "full":
-        emb = (bert_config.vocab_size + bert_config.max_position_embeddings + bert_config.type_vocab_size) * C + 2 * C
-        layer = 4 * (C * C + C) + (C * I + I) + (I * C + C) + 2 * (2 * C)  # q,k,v,o; FFN in/out; 2 LayerNorms
-        return emb + L * layer + head
-    if cfg.method == "lora":  # r * (in + out) per target: A is (r, in), B is (out, r)
-        in_out = {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C),
-                  "ffn_in": (C, I), "ffn_out": (I, C)}
-        return L * sum(cfg.lora_r * sum(in_out[t]) for t in lora_target_names(cfg.lora_targets)) + head
-    if cfg.method == "adapter":  # down (m, C) + m, up (C, m) + C
-        m = cfg.adapter_size
-        return L * len(ADAPTER_SITES[cfg.adapter_kind]) * (2 * C * m + m + C) + head
-    if cfg.method == "prefix":
-        P, H, width = cfg.prefix_len, cfg.prefix_mlp_hidden, L * 2 * C
-        if cfg.prefix_mlp:
-            return P * C + (C * H + H) + (H * width + width) + head
-        return P * width + head
-    return L * (5 * C + I + 2 * C) + head  # bitfit: q,k,v,o,ffn_out (C each), ffn_in (I), two LN shifts
-
-
-# ----------------------------------------------------------------------------
-# Saving and loading
-
-def _config_of(model):
-    cfg = getattr(model, "peft_config", None)
-    if cfg is None:
-        raise PeftError("the model has no PEFT method injected; call inject(model, cfg) first")
-    return cfg
-
-
-def peft_state_dict(model):
-    """The tensors a PEFT checkpoint holds: PEFT parameters + head (everything for "full")."""
-    state = model.state_dict()
-    if _config_of(model).method == "full":
-        return state
-    return {k: v for k, v in state.items() if is_peft_param(k)}
-
-
-def _atomic_write(path, write):
-    """write(tmp_path), then rename over `path`, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_peft(model, out_dir, extra=None):
-    """Write out_dir/peft.safetensors and out_dir/peft_config.json (config, num_classes, extra)."""
-    from safetensors.torch import save_file
-    cfg = _config_of(model)
-    meta = {**asdict(cfg), "num_classes": model.head.out_features}
-    clash = sorted(set(extra or {}) & set(meta))
-    if clash:
-        raise PeftError(f"extra keys {clash} would overwrite PEFT config fields")
-    meta.update(extra or {})
-    try:
-        text = json.dumps(meta, indent=2, sort_keys=True)
-    except TypeError as e:
-        raise PeftError(f"extra is not JSON-serialisable ({e})") from None
-    state = {k: v.detach().cpu().contiguous() for k, v in peft_state_dict(model).items()}
-    os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, WEIGHTS_NAME), lambda tmp: save_file(state, tmp, metadata={"method": cfg.method}))
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-    _atomic_write(os.path.join(out_dir, CONFIG_NAME), write_json)
-    return out_dir
-
-
-def read_peft_config(out_dir):
-    """The dict saved in out_dir/peft_config.json (PeftConfig fields, num_classes, extras)."""
-    path = os.path.join(out_dir, CONFIG_NAME)
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise PeftError(f"{path}: not found (not a PEFT checkpoint directory?)") from None
-    except json.JSONDecodeError as e:
-        raise PeftError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict) or d.get("method") not in METHODS + ("loramoe",):  # loramoe: routing.py
-        raise PeftError(f"{path}: no valid 'method' entry")
-    return d
-
-
-# settings that change what the saved tensors mean, checked before any tensor is copied
-_MUST_MATCH = {"lora": ("lora_r", "lora_alpha", "lora_targets"), "adapter": ("adapter_kind", "adapter_size"),
-               "prefix": ("prefix_len", "prefix_mlp"), "bitfit": (), "full": (),
-               "loramoe": ("n_experts", "r", "alpha")}
-
-
-def _same_setting(key, saved, ours):
-    if key == "lora_targets" and isinstance(saved, str):  # "value, query" is "query,value"
-        try:
-            return set(lora_target_names(saved)) == set(lora_target_names(ours))
-        except PeftError:
-            return False
-    return saved == ours
-
-
-def load_peft(model, out_dir):
-    """Copy a save_peft() checkpoint into a model that has the same PEFT method injected."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    cfg = _config_of(model)
-    saved = read_peft_config(out_dir)
-    cpath, wpath = os.path.join(out_dir, CONFIG_NAME), os.path.join(out_dir, WEIGHTS_NAME)
-    if saved["method"] != cfg.method:
-        raise PeftError(f"{cpath}: saved with method {saved['method']!r}, but the model has {cfg.method!r} "
-                        f"injected; inject the saved config (PeftConfig.from_dict(read_peft_config(dir))) first")
-    diffs = [f"{k}={saved.get(k)!r} in the file but {getattr(cfg, k)!r} in the model"
-             for k in _MUST_MATCH[cfg.method] if not _same_setting(k, saved.get(k), getattr(cfg, k))]
-    if saved.get("num_classes", model.head.out_features) != model.head.out_features:
-        diffs.append(f"num_classes={saved['num_classes']} in the file but {model.head.out_features} in the model")
-    if diffs:
-        raise PeftError(f"{cpath}: settings differ: " + "; ".join(diffs))
-    if any(m.merged for m in model.modules() if isinstance(m, LoRALinear)):
-        raise PeftError("cannot load into a model whose LoRA is merged; call unmerge_lora(model) first")
-    if not os.path.isfile(wpath):
-        raise PeftError(f"{wpath}: not found")
-    try:
-        state = load_file(wpath)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise PeftError(f"{wpath}: cannot read safetensors ({e})") from None
-    ours = peft_state_dict(model)  # tensors sharing storage with the model's parameters
-    for name, t in state.items():
-        if name not in ours:
-            raise PeftError(f"{wpath}: tensor {name} {tuple(t.shape)} is not a PEFT tensor of the model")
-        if t.shape != ours[name].shape:
-            raise PeftError(f"{wpath}: tensor {name} has shape {tuple(t.shape)} in the file "
-                            f"but {tuple(ours[name].shape)} in the model")
-    missing = [k for k in ours if k not in state]
-    if missing:
-        raise PeftError(f"{wpath}: {len(missing)} PEFT tensors of the model are missing, e.g. {missing[:3]}")
-    with torch.no_grad():
-        for name, t in state.items():
-            ours[name].copy_(t)
-    return model

@@ -1,5 +1,5 @@
 """
-Three routing ideas for learning with noisy labels:
+Three routing ideas for learning with noisy labels, as training hooks (`Routing`):
 - CleaR routes *samples* to PEFT modules: each sample passes through them only as often
   as it looks clean;
 - LoRAMoE routes *tokens* to LoRA experts, with a balancing constraint that can make two
@@ -10,32 +10,25 @@ Three routing ideas for learning with noisy labels:
 References:
 1) Kim, Kim, Lee 2024, "CleaR: Towards Robust and Generalized Parameter-Efficient
    Fine-Tuning for Noisy Label Learning", ACL. Sec. 4.1 (clean probability from a
-   two-component Gaussian mixture on per-sample losses), Sec. 4.2 (clean routing: the
-   PEFT module of layer l is applied to sample i with probability r * w_i), Sec. 4.3
-   (consistency regularisation against the previous epoch's predictions).
-2) Arazo et al. 2019, "Unsupervised Label Noise Modeling and Loss Correction", ICML, and
-   Li et al. 2020, "DivideMix", ICLR, Sec. 3.1 - the loss-GMM that separates clean from
-   noisy samples (small-loss samples are more likely clean).
-3) Dou et al. 2024, "LoRAMoE: Alleviating World Knowledge Forgetting in Large Language
+   two-component Gaussian mixture on per-sample losses, mixture.py), Sec. 4.2 (clean
+   routing: the PEFT module of layer l is applied to sample i with probability r * w_i),
+   Sec. 4.3 (consistency regularisation against the previous epoch's predictions).
+2) Dou et al. 2024, "LoRAMoE: Alleviating World Knowledge Forgetting in Large Language
    Models via MoE-Style Plugin", ACL. Sec. 3.1 (LoRA experts + router in the FFN),
    Sec. 3.2 (localized balancing constraint).
-4) Tong et al. 2022, "Robust Fine-tuning via Perturbation and Interpolation from
+3) Tong et al. 2022, "Robust Fine-tuning via Perturbation and Interpolation from
    In-batch Instances" (Match-Tuning), IJCAI, Sec. 3.
 
-Every training method plugs into train.py through the same small interface (`Routing`):
-    gates(batch)                   -> (B, L) per-sample, per-layer PEFT gates, or None
-    aux_loss(logits, batch)        -> dict of extra losses, added to the cross-entropy
-    eval_gates(batch_size, device, generator) -> gates for evaluation passes, or None
-    after_epoch(logits, obs, true) -> refit per-sample state from the training-set pass; metrics
-
-Usage:
-    router = ClearRouting(num_train, num_layers, peft_kind="lora")
+Every method plugs into the engine (engine.py) through the hooks of `Routing`; methods.py
+says which method builds which router. Usage:
+    router = ClearRouting(num_train, num_layers, ClearConfig(base_rate=0.85), warmup_epochs=3)
     logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
-    loss = F.cross_entropy(logits, batch.label) + sum(router.aux_loss(logits, batch).values())
+    loss, extra = router.loss(logits, batch)   # CE on the observed label + extra (returned, not hidden)
 """
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import peft
-from model import Dropout
+from mixture import auroc, clean_probability
+from model import linear_shapes
+from peft import setting
 
 
 class RoutingError(ValueError):
@@ -51,18 +46,38 @@ class RoutingError(ValueError):
 
 
 class Routing:
-    """No routing: plain training (full fine-tuning or a plain PEFT method)."""
+    """The hooks of a training method; this base class is plain training.
+
+        gates(batch)                    -> (B, L) per-sample, per-layer PEFT gates, or None (all on)
+        eval_gates(B, device, generator) -> the same for evaluation passes
+        extra_losses(logits, batch)     -> {name: scalar tensor}, added to the loss, logged as train_<name>
+        loss(logits, batch)             -> (loss, extra_losses): cross-entropy on the observed label
+                                           plus the extras; override to select or reweight samples
+        end_epoch(epoch, train_logits, observed) -> refit per-sample state after the training-set pass
+        epoch_metrics(observed, true)   -> {name: value}: the one hook that sees the true labels
+
+    A batch (data.Batch) holds input_ids, attention_mask, index and the observed label: no
+    per-batch hook can see a true label, only the per-epoch metrics do."""
+
+    summary_keys: ClassVar[tuple] = ()  # last-epoch metrics repeated in summary.json
 
     def gates(self, batch):
         return None
 
-    def aux_loss(self, logits, batch):
-        return {}
-
     def eval_gates(self, batch_size, device, generator):
         return None
 
-    def after_epoch(self, epoch, train_logits, observed, true):
+    def extra_losses(self, logits, batch):
+        return {}
+
+    def loss(self, logits, batch):
+        extra = self.extra_losses(logits, batch)
+        return F.cross_entropy(logits.float(), batch.label) + sum(extra.values()), extra
+
+    def end_epoch(self, epoch, train_logits, observed):
+        pass
+
+    def epoch_metrics(self, observed, true):
         return {}
 
     def state_dict(self):
@@ -73,120 +88,45 @@ class Routing:
 
 
 # ----------------------------------------------------------------------------
-# A two-component 1-D Gaussian mixture, fitted by EM (Dempster et al. 1977)
-
-
-@dataclass
-class GaussianMixture1D:
-    means: np.ndarray      # (2,) component means, sorted ascending: index 0 is the low-loss one
-    variances: np.ndarray  # (2,) component variances, floored
-    weights: np.ndarray    # (2,) mixing proportions, sum to 1
-
-    def log_joint(self, x):
-        """log(pi_k N(x | mu_k, var_k)), shape (N, 2)."""
-        x = np.asarray(x, dtype=np.float64)[:, None]
-        return (np.log(self.weights) - 0.5 * np.log(2 * np.pi * self.variances)
-                - 0.5 * (x - self.means) ** 2 / self.variances)
-
-    def posterior_low(self, x):
-        """P(low-mean component | x) for each x - CleaR's clean probability w."""
-        lj = self.log_joint(x)
-        log_norm = np.logaddexp(lj[:, 0], lj[:, 1])  # log-sum-exp: no underflow far in the tails
-        return np.exp(lj[:, 0] - log_norm)
-
-
-def fit_gmm(x, iters=100, tol=1e-6, var_floor=1e-4):
-    """EM for two 1-D Gaussians. Deterministic init at the 10th/90th percentiles; the
-    variance floor keeps a component from collapsing onto a single repeated value."""
-    x = np.asarray(x, dtype=np.float64)
-    spread = max(x.var(), var_floor)
-    gmm = GaussianMixture1D(means=np.percentile(x, [10, 90]).astype(np.float64),
-                            variances=np.full(2, spread), weights=np.full(2, 0.5))
-    prev = -np.inf
-    for _ in range(iters):
-        lj = gmm.log_joint(x)                                   # E-step
-        log_norm = np.logaddexp(lj[:, 0], lj[:, 1])
-        resp = np.exp(lj - log_norm[:, None])                   # (N, 2) responsibilities
-        nk = resp.sum(0) + 1e-12                                # M-step
-        means = (resp * x[:, None]).sum(0) / nk
-        variances = np.maximum((resp * (x[:, None] - means) ** 2).sum(0) / nk, var_floor)
-        weights = np.clip(nk / len(x), 1e-6, None)
-        gmm = GaussianMixture1D(means, variances, weights / weights.sum())
-        ll = log_norm.mean()
-        if abs(ll - prev) < tol:
-            break
-        prev = ll
-    order = np.argsort(gmm.means)  # the clean component is the one with the lower mean
-    return GaussianMixture1D(gmm.means[order], gmm.variances[order], gmm.weights[order])
-
-
-def fit_loss_gmm(loss):
-    """Min-max normalise per-sample losses (as DivideMix does, so the GMM sees the same
-    scale every epoch) and fit the two Gaussians. Returns (normalised losses x, mixture)."""
-    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
-    return x, fit_gmm(x)
-
-
-def clean_probability(train_logits, observed):
-    """CleaR's recipe (Sec. 4.1): per-sample CE on the observed label, the loss GMM, and
-    w_i = P(low-loss component | loss_i). Returns (w (N,), the fitted mixture)."""
-    loss = F.cross_entropy(torch.as_tensor(train_logits).float(), torch.as_tensor(observed),
-                           reduction="none").numpy()
-    x, gmm = fit_loss_gmm(loss)
-    return gmm.posterior_low(x), gmm
-
-
-def auroc(scores, positive):
-    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties half."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks over ties, 1-based
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-# ----------------------------------------------------------------------------
 # CleaR
 
 
-BASE_RATE = {"adapter": 0.7, "lora": 0.85, "prefix": 0.85, "bitfit": 0.9}  # the official code's values
 CLEAR_EVAL_MODES = ("sample", "all", "expected")
 
 
 @dataclass
 class ClearConfig:
-    base_rate: float            # r: gate probability for a sample with clean probability 1
-    warmup_epochs: int = 3      # epochs with gates ~ Bernoulli(r) before the GMM takes over
-    consistency_weight: float = 1.0  # weight of the KL term to the stored teacher predictions
-    consistency_temp: float = 1.0    # temperature T of both distributions in that term
-    eval_mode: str = "expected"  # gates at evaluation: sample ~ Bernoulli(r), all = 1, expected = r (best measured)
+    """CleaR (routing.py, Kim et al. 2024)"""
+    base_rate: float = setting(None, "gate probability r of a surely clean sample (default per PEFT kind: "
+                                     "adapter 0.7, lora/prefix 0.85, bitfit 0.9, as the official code)")
+    consistency_weight: float = setting(1.0, "weight of the KL term to the last epoch's training-set predictions")
+    consistency_temp: float = setting(1.0, "temperature of that KL term")
+    clear_eval: str = setting(None, "gates at evaluation (test and training-set passes): sample ~ Bernoulli(r) "
+                                    "(official code), all on, or their expected value r (default: expected, best "
+                                    "measured, see README; with --eval_only: the saved run's mode unless given)",
+                              choices=CLEAR_EVAL_MODES)
 
 
 class ClearRouting(Routing):
-    """Per-sample state of CleaR: clean probabilities w (from a loss GMM), the teacher
-    logits of the last training-set pass, and the Bernoulli(r * w_i) gate draws.
+    """Per-sample state of CleaR: clean probabilities w (from the loss mixture, mixture.py),
+    the teacher logits of the last training-set pass, and the Bernoulli(r * w_i) gate draws.
 
-    The training-set pass is the one train.py makes every epoch to measure memorisation
+    The training-set pass is the one the engine makes every epoch to measure memorisation
     (eval mode, no dropout, gated as at evaluation), so CleaR's loss pass costs nothing
     extra. Unlike the official code, the model goes back to train mode after that pass,
     and every PEFT kind is gated per sample and per layer."""
 
-    def __init__(self, num_train, num_layers, cfg):
-        if not 0 < cfg.base_rate <= 1:
+    summary_keys = ("gmm_auroc",)
+
+    def __init__(self, num_train, num_layers, cfg, warmup_epochs=3):
+        if cfg.base_rate is None or not 0 < cfg.base_rate <= 1:
             raise RoutingError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
-        if cfg.eval_mode not in CLEAR_EVAL_MODES:
-            raise RoutingError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.eval_mode!r}")
-        self.cfg, self.num_layers = cfg, num_layers
+        if cfg.clear_eval not in CLEAR_EVAL_MODES:
+            raise RoutingError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.clear_eval!r}")
+        self.cfg, self.num_layers, self.warmup_epochs = cfg, num_layers, warmup_epochs
         self.clean_prob = torch.ones(num_train)  # w_i; 1 during warm-up, so gates ~ Bernoulli(r)
         self.teacher = None                      # (N, K) logits of the last training-set pass
+        self.last_fit = None                     # (w, mixture) of the last end_epoch, for the metrics
 
     def gate_prob(self, index):
         """(B,) probability r * w_i that sample i's PEFT modules are on in any one layer."""
@@ -200,14 +140,14 @@ class ClearRouting(Routing):
     def eval_gates(self, batch_size, device, generator):
         """Gates for an evaluation pass; `generator` is seeded per pass, so evaluation is repeatable."""
         r, L = self.cfg.base_rate, self.num_layers
-        if self.cfg.eval_mode == "all":
+        if self.cfg.clear_eval == "all":
             return None
-        if self.cfg.eval_mode == "expected":
+        if self.cfg.clear_eval == "expected":
             return torch.full((batch_size, L), r, device=device)
         return torch.bernoulli(torch.full((batch_size, L), r), generator=generator).to(device)
 
-    def aux_loss(self, logits, batch):
-        """KL(softmax(t/T) || softmax(z/T)) against the stored teacher (Sec. 4.3); zero before one exists."""
+    def extra_losses(self, logits, batch):
+        """KL(softmax(t/T) || softmax(z/T)) against the stored teacher (Sec. 4.3); none before one exists."""
         if self.teacher is None or self.cfg.consistency_weight == 0:
             return {}
         T = self.cfg.consistency_temp
@@ -216,14 +156,17 @@ class ClearRouting(Routing):
         kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
         return {"consistency": self.cfg.consistency_weight * kl}
 
-    def after_epoch(self, epoch, train_logits, observed, true):
-        """Fit the loss GMM on the training-set pass; from the end of warm-up on, use it."""
-        w, gmm = clean_probability(train_logits, observed)
-        if epoch + 1 >= self.cfg.warmup_epochs:  # epochs count from 0: warm-up covers 0 .. W-1
-            self.clean_prob = torch.as_tensor(w, dtype=torch.float32)
+    def end_epoch(self, epoch, train_logits, observed):
+        """Fit the loss mixture on the training-set pass; from the end of warm-up on, use it."""
+        self.last_fit = clean_probability(train_logits, observed)
+        if epoch + 1 >= self.warmup_epochs:  # epochs count from 0: warm-up covers 0 .. W-1
+            self.clean_prob = torch.as_tensor(self.last_fit[0], dtype=torch.float32)
             self.teacher = torch.as_tensor(train_logits).float()
-        clean = observed == true
-        pred_clean = w > 0.5
+
+    def epoch_metrics(self, observed, true):
+        """How well the last fit separates the truly clean from the truly noisy, and the gate rates."""
+        w, gmm = self.last_fit
+        clean, pred_clean = observed == true, w > 0.5
         gate = self.cfg.base_rate * self.clean_prob.numpy()
         return {
             "gmm_auroc": auroc(w, clean),
@@ -242,33 +185,12 @@ class ClearRouting(Routing):
 
 
 # ----------------------------------------------------------------------------
-# LoRAMoE (tokens -> experts) and Match-Tuning (instances -> instances)
+# LoRAMoE (tokens -> experts)
 
 
 def _fp32(t):
     """A context where autocast is off, so router/similarity softmaxes stay in fp32 (bf16 rounds the logits)."""
     return torch.autocast(t.device.type, enabled=False)
-
-
-@dataclass
-class LoRAMoEConfig:
-    n_experts: int = 6     # N LoRA experts per wrapped linear
-    r: int = 4             # rank of each expert
-    alpha: float = 32      # expert deltas are scaled by alpha / r (8 by default)
-    dropout: float = 0.05  # dropout on the experts' input (not the router's)
-    delta: float = 0.1     # localized balancing: coefficients are 1 -/+ delta
-    beta: float = 0.1      # weight of the balance loss
-    types: str = "none"    # sample types: "none" (plain balance) or "clean" (loss-GMM clean/noisy split)
-    warmup_epochs: int = 3  # types="clean": epochs of plain balance before the GMM types samples
-    method: str = field(default="loramoe", init=False)  # read by peft.save_peft / load_peft
-
-    def __post_init__(self):
-        if self.types not in ("none", "clean"):
-            raise RoutingError(f"--moe_types must be none or clean, got {self.types!r}")
-        if self.n_experts < (2 if self.types == "clean" else 1) or self.r < 1:
-            raise RoutingError(f"LoRAMoE needs r >= 1 and n_experts >= 2 for two groups, got {self.n_experts}, {self.r}")
-        if not 0 <= self.delta < 1:
-            raise RoutingError(f"--moe_delta must be in [0, 1), got {self.delta}")
 
 
 class LoRAMoELinear(nn.Module):
@@ -277,7 +199,7 @@ class LoRAMoELinear(nn.Module):
     The mix is dense (every expert, every token). B_i = 0 at init, so the module is the
     identity whatever the router says. The routing weights of the last forward are kept
     in `last_route` (B, T, N) fp32, with their graph, for the balance loss that
-    LoRAMoERouting.aux_loss returns."""
+    LoRAMoERouting.extra_losses returns."""
 
     def __init__(self, base, n_experts, r, alpha, dropout):
         super().__init__()
@@ -290,7 +212,7 @@ class LoRAMoELinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(n_experts, base.out_features, r, dtype=w.dtype, device=w.device))
         self.router_weight = nn.Parameter(torch.empty(n_experts, base.in_features, device=w.device))  # (N, in), fp32
         nn.init.kaiming_uniform_(self.router_weight, a=math.sqrt(5))  # nn.Linear's init, as the official router
-        self.lora_dropout = Dropout(dropout)
+        self.lora_dropout = nn.Dropout(dropout)
         self.last_route = None
 
     def forward(self, x, gate=None):
@@ -308,18 +230,57 @@ class LoRAMoELinear(nn.Module):
         return f"n_experts={self.n_experts}, r={self.r}, scaling={self.scaling:g}"
 
 
-def inject_loramoe(model, cfg):
-    """Wrap every layer's ffn_in and ffn_out (BERT intermediate.dense, output.dense), freeze
-    all but lora_/router_ and the head, and record cfg as model.peft_config (method "loramoe")."""
-    if getattr(model, "peft_config", None) is not None:
-        raise peft.PeftError(f"the model already has {model.peft_config.method!r} injected")
-    for layer in model.encoder.layers:
-        for name in ("ffn_in", "ffn_out"):
-            moe = LoRAMoELinear(getattr(layer, name), cfg.n_experts, cfg.r, cfg.alpha, cfg.dropout)
-            setattr(layer, name, moe.train(model.training))  # keep the model's mode (dropout off in eval)
-    model.peft_config = replace(cfg)
-    model.cls_only = False  # the balance loss counts every real token of every layer, the top one too
-    return peft.mark_trainable(model)
+MOE_SITES = ("ffn_in", "ffn_out")  # BERT intermediate.dense and output.dense
+
+
+@peft.register
+@dataclass
+class LoRAMoE(peft.PeftKind):
+    """LoRAMoE experts (routing.py, Dou et al. 2024)"""
+    name: ClassVar[str] = "loramoe"
+    default_lr: ClassVar[float] = 5e-4
+    standalone: ClassVar[bool] = False  # only with its balance loss: --method loramoe
+    must_match: ClassVar[tuple] = ("moe_experts", "moe_r", "moe_alpha")
+    moe_experts: int = setting(6, "LoRA experts per FFN linear")
+    moe_r: int = setting(4, "rank of each expert")
+    moe_alpha: float = setting(32, "expert deltas are scaled by alpha/r")
+    moe_dropout: float = setting(0.05, "dropout on the experts' input (not the router's)")
+
+    def validate(self):
+        if self.moe_experts < 1 or self.moe_r < 1:
+            raise RoutingError(f"LoRAMoE needs --moe_experts >= 1 and --moe_r >= 1, got {self.moe_experts}, {self.moe_r}")
+
+    def inject(self, model):
+        """Wrap every layer's ffn_in and ffn_out."""
+        for layer in model.encoder.layers:
+            for name in MOE_SITES:
+                moe = LoRAMoELinear(getattr(layer, name), self.moe_experts, self.moe_r, self.moe_alpha, self.moe_dropout)
+                setattr(layer, name, moe.train(model.training))  # keep the model's mode (dropout off in eval)
+
+    def trainable_params(self, bert, num_classes):  # per site: N experts (r, in) + (out, r), router (N, in)
+        shapes = linear_shapes(bert)
+        N, r = self.moe_experts, self.moe_r
+        per_layer = sum(N * r * (i + o) + N * i for i, o in (shapes[s] for s in MOE_SITES))
+        return bert.num_hidden_layers * per_layer + peft.head_params(bert, num_classes)
+
+    def branch_flops(self, bert):  # experts and router, every token
+        return 2 * (self.trainable_params(bert, 0))
+
+
+@dataclass
+class LoRAMoEConfig:
+    """LoRAMoE balance (routing.py, Dou et al. 2024, Sec. 3.2)"""
+    moe_delta: float = setting(0.1, "localized balancing coefficients 1 -/+ delta")
+    moe_beta: float = setting(0.1, "weight of the balance loss")
+    moe_types: str = setting("none", "sample types for the balance: none = plain balance; clean = after "
+                                     "--warmup_epochs, loss-GMM clean samples to expert group 0, suspected noisy "
+                                     "to group 1", choices=("none", "clean"))
+
+    def __post_init__(self):
+        if self.moe_types not in ("none", "clean"):
+            raise RoutingError(f"--moe_types must be none or clean, got {self.moe_types!r}")
+        if not 0 <= self.moe_delta < 1:
+            raise RoutingError(f"--moe_delta must be in [0, 1), got {self.moe_delta}")
 
 
 def balance_loss(route, mask, types, delta, beta):
@@ -343,49 +304,62 @@ def balance_loss(route, mask, types, delta, beta):
 
 
 class LoRAMoERouting(Routing):
-    """Returns the balance loss of every LoRAMoE module; with types="clean" the sample types
-    come from a CleaR-style loss GMM (Sec. 4.1 of CleaR) refitted after every epoch; logs
-    how much routing mass each expert group gives truly clean vs truly noisy samples."""
+    """Returns the balance loss of every LoRAMoE module; with moe_types="clean" the sample
+    types come from the loss mixture (mixture.py, as CleaR's) refitted after every epoch;
+    logs how much routing mass each expert group gives truly clean vs truly noisy samples
+    (accumulated per sample index during the epoch, split by truth only in epoch_metrics)."""
 
-    def __init__(self, model, num_train, cfg):
-        self.cfg, self.modules = cfg, [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
+    def __init__(self, model, num_train, cfg, warmup_epochs=3):
+        self.cfg, self.warmup_epochs = cfg, warmup_epochs
+        self.modules = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
         if not self.modules:
-            raise RoutingError("the model has no LoRAMoE layers; call inject_loramoe(model, cfg) first")
+            raise RoutingError("the model has no LoRAMoE layers; inject a routing.LoRAMoE config first")
+        if cfg.moe_types == "clean" and any(m.n_experts < 2 for m in self.modules):
+            raise RoutingError("--moe_types clean needs --moe_experts >= 2 for two expert groups")
         self.types = torch.zeros(num_train, dtype=torch.long)  # 1 = suspected noisy
-        self.typed = False  # False: plain balance (types="none", or still warming up)
-        self._reset()
-
-    def _reset(self):
-        self.sums = torch.zeros(2, 2, dtype=torch.float64)  # [truly clean/noisy, group 0/1] of routing shares
-        self.counts = torch.zeros(2, dtype=torch.float64)
+        self.typed = False  # False: plain balance (moe_types="none", or still warming up)
+        self.share0 = torch.zeros(num_train, dtype=torch.float64)  # per sample: sum of group 0's shares
+        self.visits = torch.zeros(num_train, dtype=torch.float64)  # and how many steps saw it
         self.loss_sum, self.steps = 0.0, 0
+        self.last = None  # (share0, visits, balance, w) of the last finished epoch, for the metrics
 
-    def aux_loss(self, logits, batch):
+    def extra_losses(self, logits, batch):
         if any(m.last_route is None for m in self.modules):
-            raise RuntimeError("aux_loss needs a forward pass through the LoRAMoE model first")
+            raise RuntimeError("extra_losses needs a forward pass through the LoRAMoE model first")
         types = self.types[batch.index.cpu()].to(batch.index.device) if self.typed else None
         mask = batch.attention_mask
-        loss = sum(balance_loss(m.last_route, mask, types, self.cfg.delta, self.cfg.beta) for m in self.modules)
+        loss = sum(balance_loss(m.last_route, mask, types, self.cfg.moe_delta, self.cfg.moe_beta)
+                   for m in self.modules)
         with torch.no_grad():  # per sample: group 0's share, mean over real tokens and wrapped layers
             w = mask.double() / mask.sum(1, keepdim=True).double()                        # (B, T)
             share0 = sum((m.last_route[..., : m.n_experts // 2].sum(-1).double() * w).sum(1)
                          for m in self.modules) / len(self.modules)                      # (B,)
-            noisy = (batch.label != batch.true_label).long().cpu()
-            share = torch.stack([share0, 1 - share0], 1).cpu()                           # (B, 2)
-            self.sums.index_add_(0, noisy, share)
-            self.counts.index_add_(0, noisy, torch.ones(len(noisy), dtype=torch.float64))
+            index = batch.index.cpu()
+            self.share0.index_add_(0, index, share0.cpu())
+            self.visits.index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
         self.loss_sum, self.steps = self.loss_sum + float(loss.detach()), self.steps + 1
         return {"balance": loss}
 
-    def after_epoch(self, epoch, train_logits, observed, true):
-        m = {f"moe_g{g}_{kind}": (float(self.sums[k, g] / self.counts[k]) if self.counts[k] else None)
-             for k, kind in enumerate(("clean", "noisy")) for g in (0, 1)}
-        m["moe_balance"] = self.loss_sum / self.steps if self.steps else None
-        self._reset()
-        if self.cfg.types == "clean":  # the same clean probability CleaR uses
+    def end_epoch(self, epoch, train_logits, observed):
+        w = None
+        if self.cfg.moe_types == "clean":  # the same clean probability CleaR uses
             w, _ = clean_probability(train_logits, observed)
-            if epoch + 1 >= self.cfg.warmup_epochs:  # the new types apply from the next epoch on
+            if epoch + 1 >= self.warmup_epochs:  # the new types apply from the next epoch on
                 self.types, self.typed = torch.as_tensor(w < 0.5).long(), True
+        balance = self.loss_sum / self.steps if self.steps else None
+        self.last = (self.share0.numpy(), self.visits.numpy(), balance, w)
+        self.share0, self.visits = torch.zeros_like(self.share0), torch.zeros_like(self.visits)
+        self.loss_sum, self.steps = 0.0, 0
+
+    def epoch_metrics(self, observed, true):
+        share0, visits, balance, w = self.last
+        m = {}
+        for kind, rows in (("clean", observed == true), ("noisy", observed != true)):
+            n = visits[rows].sum()
+            g0 = float(share0[rows].sum() / n) if n else None
+            m[f"moe_g0_{kind}"], m[f"moe_g1_{kind}"] = g0, (None if g0 is None else 1 - g0)
+        m["moe_balance"] = balance
+        if w is not None:
             m["moe_gmm_auroc"] = auroc(w, observed == true)
             m["moe_typed_noisy"] = float(self.types.float().mean())
         return m
@@ -395,6 +369,23 @@ class LoRAMoERouting(Routing):
 
     def load_state_dict(self, state):
         self.types, self.typed = state["types"], state["typed"]
+
+
+# ----------------------------------------------------------------------------
+# Match-Tuning (instances -> instances)
+
+
+@dataclass
+class MatchConfig:
+    """Match-Tuning (routing.py, Tong et al. 2022)"""
+    match_tau: float = setting(3.0, "temperature of the in-batch similarity z z^T / tau (unpublished; 3 is a "
+                                    "first guess from MiniLM [CLS] dot products, not yet tuned)")
+    match_eval: str = setting("plain", "evaluation: plain z (batch-independent) or the in-batch mix",
+                              choices=("plain", "mix"))
+
+    def __post_init__(self):
+        if not self.match_tau > 0:
+            raise RoutingError(f"--match_tau must be > 0, got {self.match_tau}")
 
 
 class MatchHead(nn.Module):
@@ -419,12 +410,12 @@ class MatchHead(nn.Module):
         with torch.no_grad():
             self.match_dense.weight.copy_(torch.eye(hidden))
             self.match_dense.bias.zero_()
-        self.dropout = Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
+        self.dropout = nn.Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
         self.classifier = nn.Linear(hidden, num_classes)
         self.last_mix = None  # (B, B) M of the last mixed forward, detached, for MatchRouting
 
     @property
-    def out_features(self):  # peft.save_peft / load_peft read model.head.out_features
+    def out_features(self):  # checkpoint.save_peft / load_peft read model.head.out_features
         return self.classifier.out_features
 
     def mix(self, z):
@@ -458,29 +449,32 @@ def replace_head_with_match(model, tau, eval_mix=False):
 class MatchRouting(Routing):
     """No extra loss; logs where each example's mixing mass goes, per epoch: to itself
     (match_diag), to other examples with the same / a different observed label
-    (match_same_label / match_diff_label), and the same split by true label (*_true)."""
-
-    KEYS = ("match_diag", "match_same_label", "match_diff_label", "match_same_true", "match_diff_true")
+    (match_same_label / match_diff_label), and the same split by true label (*_true).
+    Each step keeps its batch's (index, M); the labels are looked up in epoch_metrics."""
 
     def __init__(self, model):
         if not isinstance(model.head, MatchHead):
             raise RoutingError("MatchRouting needs replace_head_with_match(model, tau) first")
-        self.head = model.head
-        self.sums, self.rows = dict.fromkeys(self.KEYS, 0.0), 0
+        self.head, self.mixes, self.last = model.head, [], []
 
-    def aux_loss(self, logits, batch):
-        M = self.head.last_mix  # (B, B), detached
-        if M is not None:
-            off = 1 - torch.eye(len(M), device=M.device)  # (B, B) off-diagonal positions
-            self.sums["match_diag"] += float(M.diagonal().sum())
-            for suffix, y in (("label", batch.label), ("true", batch.true_label)):
-                same = (y[:, None] == y[None, :]).to(M.dtype) * off
-                self.sums[f"match_same_{suffix}"] += float((M * same).sum())
-                self.sums[f"match_diff_{suffix}"] += float((M * (off - same)).sum())
-            self.rows += len(M)
+    def extra_losses(self, logits, batch):
+        if self.head.last_mix is not None:
+            self.mixes.append((batch.index.cpu(), self.head.last_mix.cpu()))  # (B,), (B, B) detached
         return {}
 
-    def after_epoch(self, epoch, train_logits, observed, true):
-        m = {k: (v / self.rows if self.rows else None) for k, v in self.sums.items()}
-        self.sums, self.rows = dict.fromkeys(self.KEYS, 0.0), 0
-        return m
+    def end_epoch(self, epoch, train_logits, observed):
+        self.last, self.mixes = self.mixes, []
+
+    def epoch_metrics(self, observed, true):
+        sums, rows = dict.fromkeys(("match_diag", "match_same_label", "match_diff_label", "match_same_true",
+                                    "match_diff_true"), 0.0), 0
+        for index, M in self.last:
+            off = 1 - torch.eye(len(M))  # (B, B) off-diagonal positions
+            sums["match_diag"] += float(M.diagonal().sum())
+            for suffix, labels in (("label", observed), ("true", true)):
+                y = torch.as_tensor(np.asarray(labels)[index.numpy()])
+                same = (y[:, None] == y[None, :]).to(M.dtype) * off
+                sums[f"match_same_{suffix}"] += float((M * same).sum())
+                sums[f"match_diff_{suffix}"] += float((M * (off - same)).sum())
+            rows += len(M)
+        return {k: (v / rows if rows else None) for k, v in sums.items()}

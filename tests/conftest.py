@@ -4,10 +4,12 @@ import json
 import os
 import random
 import shutil
+import sys
 
 import pytest
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 from model import BertConfig, Classifier, Encoder, default_model_dir, save_encoder_weights
 
 # the packaged tokenizer's 30,522-id vocabulary, in a model small enough to train in seconds
@@ -82,7 +84,7 @@ def tiny_pretrained_dir(tiny_model_dir, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretraining")
     train.main(["--model", tiny_model_dir, "--dataset", tiny_dataset, "--out", str(out / "run"), "--method", "full",
                 "--noise", "none", "--lr", "1e-2", "--warmup_ratio", "0", "--batch_size", "16", "--epochs", "3",
-                "--no_progress"])
+                "--max_len", "64", "--no_progress"])
     state = load_file(out / "run" / "peft.safetensors")
     encoder = Encoder(TINY_CONFIG)
     encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import data
 import evaluation
-import peft
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ def test_two_rank_clear_run_gathers_every_example_once(tiny_pretrained_dir, tiny
     out = tmp_path / "run"
     argv = ["--method", "clear", "--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--out", str(out),
             "--noise", "sym", "--noise_rate", "0.3", "--epochs", "2", "--warmup_epochs", "1", "--batch_size", "16",
-            "--lr", "1e-2", "--device", "cpu", "--no_progress"]
+            "--lr", "1e-2", "--max_len", "64", "--device", "cpu", "--no_progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "train.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -37,8 +37,8 @@ def test_two_rank_clear_run_gathers_every_example_once(tiny_pretrained_dir, tiny
     cfg = train.parse_args(argv)
     ds = data.load_data(cfg.dataset)
     model, tokenizer = train.build_model(cfg, len(ds.class_names))
-    peft.load_peft(model, str(out))
-    router = train.build_router(cfg, model, len(ds.train.labels))
+    checkpoint.load_peft(model, str(out))
+    router = train.build_hooks(cfg, model, len(ds.train.labels))
     ids = data.encode(tokenizer, ds.train.texts, cfg.max_len)
     logits = evaluation.predict(model, ids, 64, torch.device("cpu"), nullcontext, router)
     saved = np.load(out / "per_sample.npz")

@@ -8,7 +8,7 @@ from experiments import Cell
 
 
 def test_grid_runs_skips_and_resumes(tiny_model_dir, tiny_dataset, tmp_path, capsys):
-    extra = ["--model", tiny_model_dir, "--epochs", "2", "--batch_size", "16", "--lr", "1e-2", "--device", "cpu"]
+    extra = ["--model", tiny_model_dir, "--epochs", "2", "--batch_size", "16", "--lr", "1e-2", "--max_len", "64"]
     grid = [Cell(tiny_dataset, "sym", 0.2, m, 0, extra) for m in ("lora", "full")]
     root = str(tmp_path / "runs")
     assert experiments.run_grid(grid, root, jobs=2, device="cpu", threads=1) == 0

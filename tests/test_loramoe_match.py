@@ -4,12 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import peft
 from conftest import TINY_CONFIG, tiny_classifier
 from data import Batch
 from model import Linear
-from routing import (LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, MatchHead, MatchRouting, balance_loss,
-                     inject_loramoe, replace_head_with_match)
+from routing import (LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, MatchHead, MatchRouting, balance_loss,
+                     replace_head_with_match)
 
 K = 3
 
@@ -18,7 +19,7 @@ def pretrained(seed=0):
     return tiny_classifier(K, seed)
 
 
-def make_batch(lengths=(9, 6, 4, 9), seed=1, pad_to=None, label=None, true=None):
+def make_batch(lengths=(9, 6, 4, 9), seed=1, pad_to=None, label=None):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, TINY_CONFIG.vocab_size, (len(lengths), max(lengths)), generator=g)
     T = pad_to or max(lengths)
@@ -26,13 +27,15 @@ def make_batch(lengths=(9, 6, 4, 9), seed=1, pad_to=None, label=None, true=None)
     mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
     n = len(lengths)
     label = torch.zeros(n, dtype=torch.long) if label is None else torch.tensor(label)
-    true = label.clone() if true is None else torch.tensor(true)
-    return Batch(ids * mask, mask, torch.arange(n), label, true)
+    return Batch(ids * mask, mask, torch.arange(n), label)
 
 
-def moe_model(cfg=None, seed=0):
-    model = pretrained(seed)
-    return inject_loramoe(model, cfg or LoRAMoEConfig(n_experts=4, r=2)), cfg
+def inject_loramoe(model, cfg=None):
+    return peft.inject(model, cfg or LoRAMoE(moe_experts=4, moe_r=2))
+
+
+def moe_model(seed=0):
+    return inject_loramoe(pretrained(seed))
 
 
 # ---------------------------------------------------------------------------- LoRAMoE
@@ -43,7 +46,7 @@ def test_loramoe_is_identity_at_init():
     b = make_batch()
     with torch.no_grad():
         before = model(b.input_ids, b.attention_mask)
-        inject_loramoe(model, LoRAMoEConfig(n_experts=4, r=2))
+        inject_loramoe(model)
         after = model(b.input_ids, b.attention_mask)
     assert torch.equal(before, after)
     moe = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
@@ -54,13 +57,13 @@ def test_loramoe_is_identity_at_init():
 
 
 def test_only_lora_router_and_head_train():
-    model, _ = moe_model()
+    model = moe_model()
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith("head.") or n.split(".")[-1].startswith(("lora_", "router_")) for n in names)
     assert any("router_weight" in n for n in names) and "head.weight" in names
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".base." in n)
     with pytest.raises(peft.PeftError):
-        inject_loramoe(model, LoRAMoEConfig())
+        inject_loramoe(model, LoRAMoE())
 
 
 def test_router_rows_sum_to_one_in_fp32_even_under_autocast():
@@ -86,14 +89,14 @@ def test_gate_multiplies_the_expert_delta():
 
 
 def test_padding_does_not_change_the_balance_loss():
-    model, _ = moe_model()
-    router = LoRAMoERouting(model, 4, LoRAMoEConfig(n_experts=4, r=2))
+    model = moe_model()
+    router = LoRAMoERouting(model, 4, LoRAMoEConfig())
     losses = []
     for pad_to in (None, 14):
         b = make_batch(pad_to=pad_to)
         with torch.no_grad():
             model(b.input_ids, b.attention_mask)
-        losses.append(router.aux_loss(None, b)["balance"])
+        losses.append(router.extra_losses(None, b)["balance"])
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
     # the function itself ignores whatever the router says on padding positions
     route = torch.softmax(torch.randn(2, 6, 4), -1)
@@ -127,20 +130,21 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
     types = torch.arange(B) % 2  # 0 = clean, 1 = suspected noisy
     x = torch.randn(B, T, C)
     x[..., 0] = 2.0 * types[:, None] - 1  # a feature the router can read the type from
-    router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(n_experts=4, r=2, delta=delta, beta=1.0))
+    router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=delta, moe_beta=1.0))
     router.types, router.typed = types, True
-    noisy = types.tolist()
+    observed, true = types.numpy(), torch.zeros(B, dtype=torch.long).numpy()  # label != true exactly for type 1
     batch = Batch(torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.long), torch.arange(B),
-                  torch.tensor(noisy), torch.zeros(B, dtype=torch.long))  # label != true exactly for type 1
+                  torch.as_tensor(observed))
     opt = torch.optim.Adam([layer.router_weight], lr=0.05)
     for _ in range(300):
         layer(x)
-        loss = router.aux_loss(None, batch)["balance"]
+        loss = router.extra_losses(None, batch)["balance"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert loss < 1e-4
-    m = router.after_epoch(0, torch.zeros(B, 2).numpy(), batch.label.numpy(), batch.true_label.numpy())
+    router.end_epoch(0, torch.zeros(B, 2).numpy(), observed)
+    m = router.epoch_metrics(observed, true)
     share0 = layer.last_route[..., :2].sum(-1).mean(1)  # (B,) group 0's share per sample
     torch.testing.assert_close(share0[types == 0], torch.full((B // 2,), (1 + delta) / 2), rtol=0, atol=0.01)
     torch.testing.assert_close(share0[types == 1], torch.full((B // 2,), (1 - delta) / 2), rtol=0, atol=0.01)
@@ -149,40 +153,44 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
 
 
 def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
-    model, _ = moe_model()
+    model = moe_model()
     n = 40
-    cfg = LoRAMoEConfig(n_experts=4, r=2, types="clean", warmup_epochs=2)
-    router = LoRAMoERouting(model, n, cfg)
+    cfg = LoRAMoEConfig(moe_types="clean")
+    router = LoRAMoERouting(model, n, cfg, warmup_epochs=2)
     true = torch.zeros(n, dtype=torch.long).numpy()
     observed = true.copy()
     observed[:10] = 1  # the first 10 are noisy: the model predicts the true class with confidence
     logits = torch.zeros(n, 2)
     logits[:, 0] = 4.0 + 0.1 * torch.randn(n)
-    b = make_batch(label=[0, 1, 0, 0], true=[0, 0, 0, 0])
+    b = make_batch(label=[1, 1, 1, 1])  # examples 0..3, all truly noisy (true is 0 everywhere)
     with torch.no_grad():
         model(b.input_ids, b.attention_mask)
-    router.aux_loss(None, b)
-    m = router.after_epoch(0, logits.numpy(), observed, true)
-    assert not router.typed and m["moe_g0_clean"] is not None and m["moe_balance"] > 0
-    assert router.after_epoch(0, logits.numpy(), observed, true)["moe_g0_clean"] is None  # accumulators reset
-    m = router.after_epoch(1, logits.numpy(), observed, true)
+    router.extra_losses(None, b)
+    router.end_epoch(0, logits.numpy(), observed)
+    m = router.epoch_metrics(observed, true)
+    assert not router.typed and m["moe_balance"] > 0
+    assert m["moe_g0_noisy"] is not None and m["moe_g0_clean"] is None  # the truth comes from epoch_metrics
+    router.end_epoch(0, logits.numpy(), observed)
+    assert router.epoch_metrics(observed, true)["moe_g0_clean"] is None  # accumulators reset
+    router.end_epoch(1, logits.numpy(), observed)
+    m = router.epoch_metrics(observed, true)
     assert router.typed and router.types[:10].eq(1).all() and router.types[10:].eq(0).all()
     assert m["moe_gmm_auroc"] == 1.0 and m["moe_typed_noisy"] == 0.25
-    fresh = LoRAMoERouting(model, n, cfg)
+    fresh = LoRAMoERouting(model, n, cfg, warmup_epochs=2)
     fresh.load_state_dict(router.state_dict())
     assert fresh.typed and torch.equal(fresh.types, router.types)
 
 
 def test_loramoe_save_load_round_trip(tmp_path):
-    """peft.save_peft / load_peft handle LoRAMoE (model.peft_config is the LoRAMoEConfig)."""
-    model, _ = moe_model()
+    """checkpoint.save_peft / load_peft handle LoRAMoE (model.peft_config is its routing.LoRAMoE kind)."""
+    model = moe_model()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.3 * torch.randn_like(p))
-    peft.save_peft(model, tmp_path)
-    fresh, _ = moe_model()
-    peft.load_peft(fresh, tmp_path)
+    checkpoint.save_peft(model, tmp_path)
+    fresh = moe_model()
+    checkpoint.load_peft(fresh, tmp_path)
     b = make_batch()
     with torch.no_grad():
         assert torch.equal(model(b.input_ids, b.attention_mask), fresh(b.input_ids, b.attention_mask))
@@ -252,12 +260,15 @@ def test_match_routing_statistics():
     model.head.last_mix = torch.tensor([[0.5, 0.3, 0.2],
                                         [0.1, 0.6, 0.3],
                                         [0.2, 0.2, 0.6]])
-    b = Batch(None, None, torch.arange(3), torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]))
-    assert router.aux_loss(None, b) == {}
-    m = router.after_epoch(0, None, None, None)
+    observed, true = torch.tensor([0, 0, 1]).numpy(), torch.tensor([0, 1, 1]).numpy()
+    b = Batch(None, None, torch.arange(3), torch.as_tensor(observed))
+    assert router.extra_losses(None, b) == {}
+    router.end_epoch(0, None, observed)
+    m = router.epoch_metrics(observed, true)
     assert m["match_diag"] == pytest.approx((0.5 + 0.6 + 0.6) / 3)
     assert m["match_same_label"] == pytest.approx((0.3 + 0.1 + 0.0) / 3)   # observed labels 0, 0, 1
     assert m["match_diff_label"] == pytest.approx((0.2 + 0.3 + 0.4) / 3)
     assert m["match_same_true"] == pytest.approx((0.0 + 0.3 + 0.2) / 3)    # true labels 0, 1, 1
     assert m["match_diff_true"] == pytest.approx((0.5 + 0.1 + 0.2) / 3)
-    assert router.after_epoch(1, None, None, None)["match_diag"] is None   # reset each epoch
+    router.end_epoch(1, None, observed)
+    assert router.epoch_metrics(observed, true)["match_diag"] is None   # reset each epoch

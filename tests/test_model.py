@@ -180,41 +180,6 @@ def test_gates_and_prefix_seams():
     torch.testing.assert_close(gated_off, base, atol=1e-6, rtol=0)
 
 
-# ------------------------------------------------------------- speed-ups (bench.py measures them)
-def test_cpu_dropout_statistics_and_gradient():
-    from model import Dropout, cpu_dropout
-    torch.manual_seed(0)
-    x = torch.ones(1001, 999, requires_grad=True)  # odd element count: the last 16-bit draw is cut
-    y = cpu_dropout(x, 0.1)
-    dropped = (y == 0).float().mean().item()
-    assert abs(dropped - 0.1) < 0.002
-    assert abs(y.mean().item() - 1.0) < 0.003  # inverted dropout keeps the expectation
-    y.sum().backward()
-    assert torch.equal(x.grad, (y != 0).float() * y.max().item())  # gradient = mask * scale
-    drop = Dropout(0.3)
-    z = torch.randn(64, 64)
-    assert torch.equal(drop.eval()(z), z) and torch.equal(Dropout(0.0).train()(z), z)
-    assert abs((drop.train()(torch.ones(400, 400)) == 0).float().mean().item() - 0.3) < 0.01
-    with pytest.raises(ValueError, match="dropout probability"):
-        Dropout(1.0)
-
-
-def test_cpu_attention_dropout_path_matches_sdpa(monkeypatch):
-    """Training on the CPU computes attention by hand (to use the cheaper dropout); with the
-    dropout itself switched off it must equal the SDPA path used in eval."""
-    import model
-    torch.manual_seed(0)
-    enc = Encoder(TINY)
-    ids = torch.randint(5, 100, (3, 9))
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    want = enc.eval()(ids, mask)
-    monkeypatch.setattr(model, "cpu_dropout", lambda x, p: x)
-    got = enc.train()(ids, mask)
-    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)
-
-
-
 def test_grad_checkpointing_gives_the_same_gradients():
     """Recomputation replays the RNG, so even with dropout on the loss and gradients are equal."""
     ids = torch.randint(5, 100, (3, 9))

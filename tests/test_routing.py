@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+import mixture
 import routing
-from data import Batch
 import train
+from data import Batch
 
 
 def test_em_recovers_a_known_mixture():
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(0.2, 0.05, 6000), rng.normal(0.7, 0.1, 4000)]
-    gmm = routing.fit_gmm(rng.permutation(x))
+    gmm = mixture.fit_gmm(rng.permutation(x))
     np.testing.assert_allclose(gmm.means, [0.2, 0.7], atol=0.01)
     np.testing.assert_allclose(np.sqrt(gmm.variances), [0.05, 0.1], atol=0.01)
     np.testing.assert_allclose(gmm.weights, [0.6, 0.4], atol=0.02)
@@ -24,14 +25,14 @@ def test_em_recovers_a_known_mixture():
 
 @pytest.mark.parametrize("x", [np.full(50, 0.3), np.zeros(1000), np.r_[np.zeros(999), 1.0]])
 def test_em_is_stable_on_degenerate_input(x):
-    gmm = routing.fit_gmm(x)
+    gmm = mixture.fit_gmm(x)
     w = gmm.posterior_low(x)
     assert np.all(np.isfinite(w)) and np.all((w >= 0) & (w <= 1))
     assert np.all(np.isfinite(gmm.means)) and np.all(gmm.variances > 0)
 
 
 def test_posterior_far_in_the_tails_does_not_underflow():
-    gmm = routing.GaussianMixture1D(np.array([0.0, 1.0]), np.array([1e-4, 1e-4]), np.array([0.5, 0.5]))
+    gmm = mixture.GaussianMixture1D(np.array([0.0, 1.0]), np.array([1e-4, 1e-4]), np.array([0.5, 0.5]))
     w = gmm.posterior_low(np.array([-50.0, 50.0]))
     assert np.all(np.isfinite(w)) and w[0] == 1.0 and w[1] == 0.0
 
@@ -42,11 +43,12 @@ def test_auroc_equals_pairwise_definition():
     pos = rng.random(200) < 0.4
     pairs = scores[pos][:, None] - scores[~pos][None, :]
     expected = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
-    assert routing.auroc(scores, pos) == pytest.approx(expected)
+    assert mixture.auroc(scores, pos) == pytest.approx(expected)
 
 
-def make_router(n=6, layers=3, base_rate=0.8, **kw):
-    return routing.ClearRouting(n, layers, routing.ClearConfig(base_rate=base_rate, **kw))
+def make_router(n=6, layers=3, base_rate=0.8, warmup_epochs=3, clear_eval="expected", **kw):
+    return routing.ClearRouting(n, layers, routing.ClearConfig(base_rate=base_rate, clear_eval=clear_eval, **kw),
+                                warmup_epochs=warmup_epochs)
 
 
 def test_gate_probability_is_base_rate_times_clean_probability():
@@ -61,7 +63,7 @@ def test_gate_frequencies_match_their_probabilities():
     router = make_router(layers=4)
     router.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
     index = torch.arange(6)
-    draws = torch.stack([router.gates(Batch(None, None, index, None, None)) for _ in range(4000)])  # (4000, 6, 4)
+    draws = torch.stack([router.gates(Batch(None, None, index, None)) for _ in range(4000)])  # (4000, 6, 4)
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     p = (0.8 * router.clean_prob)[:, None].expand(6, 4)
     freq = draws.mean(0)
@@ -72,11 +74,11 @@ def test_gate_frequencies_match_their_probabilities():
 
 
 def test_evaluation_gate_modes():
-    router = make_router(eval_mode="expected")
+    router = make_router(clear_eval="expected")
     g = router.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
     assert torch.equal(g, torch.full((5, 3), 0.8))
-    assert make_router(eval_mode="all").eval_gates(5, "cpu", None) is None
-    sample = make_router(eval_mode="sample")
+    assert make_router(clear_eval="all").eval_gates(5, "cpu", None) is None
+    sample = make_router(clear_eval="sample")
     a = sample.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
     b = sample.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
@@ -84,13 +86,13 @@ def test_evaluation_gate_modes():
 
 def test_consistency_is_zero_at_the_teacher_and_positive_elsewhere():
     router = make_router(n=4)
-    batch = lambda index: Batch(None, None, index, None, None)
-    assert router.aux_loss(torch.randn(2, 3), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
+    batch = lambda index: Batch(None, None, index, None)
+    assert router.extra_losses(torch.randn(2, 3), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
     router.teacher = torch.randn(4, 3)
     index = torch.tensor([2, 0])
-    same = router.aux_loss(router.teacher[index].clone(), batch(index))["consistency"]
+    same = router.extra_losses(router.teacher[index].clone(), batch(index))["consistency"]
     assert same.abs().item() < 1e-6
-    other = router.aux_loss(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0]), batch(index))["consistency"]
+    other = router.extra_losses(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0]), batch(index))["consistency"]
     assert other.item() > 0.01
 
 
@@ -99,10 +101,12 @@ def test_after_epoch_waits_for_warmup_then_routes_small_loss_samples_more():
     observed = np.array([0, 0, 0, 1, 1, 1])
     true = np.array([0, 0, 0, 1, 0, 0])  # samples 4 and 5 carry wrong labels
     logits = np.array([[3, -3], [2.5, -2.5], [3.5, -3.5], [-3, 3], [3, -3], [2.8, -2.8]], dtype=np.float32)
-    m = router.after_epoch(0, logits, observed, true)  # still warming up
+    router.end_epoch(0, logits, observed)  # still warming up
+    m = router.epoch_metrics(observed, true)
     assert torch.equal(router.clean_prob, torch.ones(6)) and router.teacher is None
     assert m["gate_rate_clean"] == m["gate_rate_noisy"] == pytest.approx(0.8)
-    m = router.after_epoch(1, logits, observed, true)
+    router.end_epoch(1, logits, observed)
+    m = router.epoch_metrics(observed, true)
     assert m["gmm_auroc"] == 1.0 and m["gate_rate_clean"] > m["gate_rate_noisy"]
     assert router.teacher is not None
 
@@ -112,7 +116,7 @@ def test_short_noisy_run_routes_clean_samples_more(tiny_pretrained_dir, tiny_dat
     finds them, and their PEFT modules are switched on less often than the clean samples'."""
     train.main(["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--out", str(tmp_path), "--method", "clear",
                 "--peft", "lora", "--lr", "1e-2", "--warmup_ratio", "0", "--batch_size", "16", "--epochs", "4",
-                "--warmup_epochs", "2", "--noise", "sym", "--noise_rate", "0.3", "--no_progress"])
+                "--warmup_epochs", "2", "--noise", "sym", "--noise_rate", "0.3", "--max_len", "64", "--no_progress"])
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     last = metrics[-1]
     assert last["gmm_auroc"] > 0.7
@@ -126,7 +130,7 @@ def test_eval_only_keeps_or_changes_the_gate_mode(tiny_pretrained_dir, tiny_data
     summary = train.main(["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--out", str(tmp_path),
                           "--method", "clear", "--clear_eval", "sample", "--lr", "1e-2", "--warmup_ratio", "0",
                           "--batch_size", "16", "--epochs", "2", "--warmup_epochs", "1", "--noise_rate", "0.3",
-                          "--no_progress"])
+                          "--max_len", "64", "--no_progress"])
     assert summary["config"]["clear_eval"] == "sample"
     same = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])
     assert same["test_acc"] == summary["last_test_acc"]

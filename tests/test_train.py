@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_args(model_dir, dataset, out, *extra):
-    return ["--method", "full", "--model", model_dir, "--dataset", dataset, "--out", str(out), "--lr", "1e-2", "--warmup_ratio", "0",
-            "--batch_size", "16", "--epochs", "3", "--no_progress", *extra]
+    return ["--method", "full", "--model", model_dir, "--dataset", dataset, "--out", str(out), "--lr", "1e-2",
+            "--warmup_ratio", "0", "--batch_size", "16", "--epochs", "3", "--max_len", "64", "--no_progress", *extra]
 
 
 def read_metrics(out):

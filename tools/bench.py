@@ -1,13 +1,16 @@
 """
 Speed and memory of one training step per fine-tuning method, on the packaged MiniLM.
 
-The timed step is train.py's - forward, the method's extra losses, cross-entropy, backward,
-gradient clipping, AdamW (fused when available), LR scheduler - on one fixed batch of random
+The timed step is the engine's (engine.train_step, what train.py runs) - the method's gates,
+forward, the method's loss with its extra terms, backward, gradient clipping, AdamW (fused
+when available), LR scheduler - on one fixed batch of random
 token ids in [1000, 30000) (batch 32 x length 64, all-ones mask), after a burn-in. Every
 timing runs in a fresh subprocess of this script (`--only JOB --json`), so each peak memory
 belongs to one job, and the rounds of all jobs (ours, plus Hugging Face's LoRA when
 transformers + peft are importable) interleave in alternating order, so drift hits all alike.
 Use no more --threads than there are idle cores: busy cores make threaded kernels wait.
+Every method of the registry (methods.py) can be timed; CleaR and LoRAMoE's typed balance
+are timed as after warm-up (their end_epoch hook is fed random logits once).
 
 Per job: tok/s = batch * seq / seconds per step, the median over --repeats rounds of --steps
 steps each; ms/step; GFLOP/s = train_flops() / seconds per step, to hold against
@@ -17,9 +20,10 @@ step 1), or torch.cuda.max_memory_allocated on CUDA. Plus LoRA inference merged 
 and the tokens an epoch on mr costs with length-bucketed batches vs padding to 128.
 
 Usage:
-    python bench.py                                  # our methods
-    python bench.py --methods lora --hf              # side by side with transformers + peft, where both are installed
-    python bench.py --methods lora --steps 2 --warmup 1 --repeats 1 --threads 1   # smoke test, not a measurement
+    python tools/bench.py                            # our methods
+    python tools/bench.py --methods lora --hf        # side by side with transformers + peft, where both are installed
+    python tools/bench.py --methods lora,full --speedup_ablation   # what each speed path (speedups.py) pays
+    python tools/bench.py --methods lora --steps 2 --warmup 1 --repeats 1 --threads 1   # smoke test, not a measurement
 The last stdout line is one JSON object holding every figure.
 """
 
@@ -33,16 +37,21 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-import data
-import peft  # ours; hf_step swaps in the peft package of the same name in its own subprocess
-import train
-from model import BertConfig, ModelLoadError, default_model_dir, flops_per_token, load_tokenizer
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
+sys.path.insert(0, ROOT)
+import data  # noqa: E402
+import engine  # noqa: E402
+import methods  # noqa: E402
+import peft  # noqa: E402  ours; hf_step swaps in the peft package of the same name in its own subprocess
+import routing  # noqa: E402
+import speedups  # noqa: E402
+import train  # noqa: E402
+from model import BertConfig, ModelLoadError, default_model_dir, load_tokenizer  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("full", "lora", "adapter", "prefix", "bitfit", "clear", "loramoe")
+METHODS = tuple(methods.names())
 NUM_CLASSES, NUM_TRAIN = 2, 10_000  # a binary task; the fake training-set size CleaR's per-sample state indexes
 CHILD_FLAGS = ("batch", "seq", "steps", "warmup", "threads", "device", "model", "infer_batch")
 
@@ -71,7 +80,11 @@ def parse_args(argv=None):
     p.add_argument("--no_data", action="store_true", help="skip the mr padding figure")
     p.add_argument("--roof_n", type=int, default=2048, help="matrix size of the fp32 matmul roof")
     p.add_argument("--only", default=None, help="run one job in this process (a method, hf_lora or lora_infer; "
-                                                "suffix @compile for torch.compile) - what the subprocesses run")
+                                                "suffix @compile for torch.compile, @ckpt for grad checkpointing, "
+                                                "@plain for no speed paths, @-PATH for all speed paths but PATH) - "
+                                                "what the subprocesses run")
+    p.add_argument("--speedup_ablation", action="store_true",
+                   help="also time every method with no speed paths (@plain) and with each one off (@-PATH)")
     p.add_argument("--json", action="store_true", help="print only the final JSON line")
     a = p.parse_args(argv)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -109,44 +122,32 @@ def fake_batch(batch_size, seq, device):
     ids = torch.randint(1000, 30000, (batch_size, seq), generator=g)
     label = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
     index = torch.randperm(NUM_TRAIN, generator=g)[:batch_size]
-    return data.Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), index, label, label.clone())))
+    return data.Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), index, label)))
 
 
 # ----------------------------------------------------------------------------
 # the jobs, each in its own subprocess
 
-def make_step(model, targs, batch, logits_of, aux_of=lambda logits: {}):
-    """A closure running train.py's loop body once; the optimizer is train.build_optimizer's."""
-    opt, sched = train.build_optimizer(model, targs, total_steps=10**6)
+def make_step(model, forward, hooks, targs, batch, autocast):
+    """A closure running engine.train_step once, with the optimizer and schedule train.py builds."""
+    opt, sched = engine.build_optimizer(model, targs.lr, targs.weight_decay, targs.warmup_ratio, total_steps=10**6)
     params = [p for p in model.parameters() if p.requires_grad]
-
-    def step():
-        logits = logits_of()
-        loss = F.cross_entropy(logits.float(), batch.label) + sum(aux_of(logits).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, targs.grad_clip)
-        opt.step()
-        sched.step()
-        return loss.item()
-    return step
+    return lambda: engine.train_step(forward, hooks, batch, opt, sched, params, targs.grad_clip, autocast)
 
 
-def our_step(method, a, autocast, batch, compiled, checkpointing=False):
-    targs = train.parse_args(["--method", method, "--model", a.model])
+def our_step(method, a, autocast, batch, compiled, checkpointing=False, paths=speedups.PATHS):
+    """train.py's model and hooks for `method`, with the speed paths in `paths` switched on."""
+    targs = train.parse_args(["--method", method, "--model", a.model, "--no_speedups"])
     model, _ = train.build_model(targs, NUM_CLASSES)
+    speedups.enable(model, cls_only=not methods.get(method).reads_all_tokens, paths=paths)
     model.to(batch.label.device).train()
     model.encoder.grad_checkpointing = checkpointing
-    router = train.build_router(targs, model, NUM_TRAIN)
-    if method == "clear":  # as after warm-up: GMM clean probabilities vary the gates, a teacher adds the KL term
-        router.clean_prob = torch.rand(NUM_TRAIN)
-        router.teacher = torch.randn(NUM_TRAIN, NUM_CLASSES)
-    forward = torch.compile(model) if compiled else model
-
-    def logits():
-        with autocast():
-            return forward(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
-    return make_step(model, targs, batch, logits, lambda z: router.aux_loss(z, batch))  # KL (CleaR), balance (LoRAMoE)
+    hooks = train.build_hooks(targs, model, NUM_TRAIN)
+    # as after warm-up: a mixture router's clean probabilities and teacher come from one refit
+    g = torch.Generator().manual_seed(1)
+    hooks.end_epoch(targs.warmup_epochs - 1, torch.randn(NUM_TRAIN, NUM_CLASSES, generator=g).numpy(),
+                    np.random.default_rng(1).integers(0, NUM_CLASSES, NUM_TRAIN))
+    return make_step(model, torch.compile(model) if compiled else model, hooks, targs, batch, autocast)
 
 
 def hf_step(a, autocast, batch, compiled, lora=True):
@@ -154,7 +155,7 @@ def hf_step(a, autocast, batch, compiled, lora=True):
     lora=False), dropout + linear head on [CLS]."""
     # our peft.py (imported above) shadows the peft package: forget it, and take this folder off the path
     sys.modules.pop("peft", None)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in (ROOT, os.path.join(ROOT, "tools"))]
     import transformers
     from peft import LoraConfig, get_peft_model
     transformers.logging.set_verbosity_error()
@@ -166,11 +167,10 @@ def hf_step(a, autocast, batch, compiled, lora=True):
     model = torch.nn.ModuleDict({"bert": bert, "head": head}).to(batch.label.device).train()
     encode = torch.compile(bert) if compiled else bert
 
-    def logits():
-        with autocast():
-            return head(encode(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state[:, 0])
-    method = "lora" if lora else "full"
-    return make_step(model, train.parse_args(["--method", method]), batch, logits)  # same AdamW groups + schedule
+    def forward(input_ids, attention_mask, gates=None):
+        return head(encode(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+    targs = train.parse_args(["--method", "lora" if lora else "full"])  # same AdamW groups + schedule
+    return make_step(model, forward, routing.Routing(), targs, batch, autocast)
 
 
 def lora_infer(a, device, autocast, sync):
@@ -206,14 +206,16 @@ def run_job(job, a):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if job == "lora_infer":
         return lora_infer(a, device, autocast, sync)
-    name, _, variant = job.partition("@")  # variants: @compile (torch.compile), @ckpt (grad checkpointing)
-    if name not in METHODS + ("hf_lora", "hf_full") or variant not in ("", "compile", "ckpt"):
+    name, _, variant = job.partition("@")  # @compile, @ckpt (grad checkpointing), @plain, @-PATH (speed paths)
+    paths = () if variant == "plain" else tuple(p for p in speedups.PATHS if variant != f"-{p}")
+    known = ("", "compile", "ckpt", "plain") + tuple(f"-{p}" for p in speedups.PATHS)
+    if name not in METHODS + ("hf_lora", "hf_full") or variant not in known:
         raise SystemExit(f"--only: unknown job {job!r}")
     batch = fake_batch(a.batch, a.seq, device)
     if name.startswith("hf_"):
         step = hf_step(a, autocast, batch, variant == "compile", lora=name == "hf_lora")
     else:
-        step = our_step(name, a, autocast, batch, variant == "compile", variant == "ckpt")
+        step = our_step(name, a, autocast, batch, variant == "compile", variant == "ckpt", paths)
     before = peak_mb(device)
     for _ in range(a.warmup):
         step()
@@ -239,21 +241,14 @@ def train_flops(method, cfg, B, T, targs, cls_only):
                attention matmuls (both operands are activations), 1x E;
       backward, weight gradients dW = dY^T X (another 1x the matmul's forward) ONLY for trainable
                weights: the base matmuls under full fine-tuning, E for the PEFT branches.
-    Plus the head: 2 * C * K per sample forward, 3x that in all. Full fine-tuning comes to 3x forward."""
+    Plus the head: 2 * C * K per sample forward, 3x that in all (Match-Tuning's extra C x C layer and
+    its B x B mix are not counted). Full fine-tuning comes to 3x forward."""
     C, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    io = {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}
-    E = 0
-    if method in ("lora", "clear"):  # A (r, in), B (out, r)
-        E = L * sum(2 * targs.lora_r * sum(io[t]) for t in peft.lora_target_names(targs.lora_targets))
-    elif method == "adapter":  # down (m, C), up (C, m) per site
-        E = L * len(peft.ADAPTER_SITES[targs.adapter_kind]) * 4 * C * targs.adapter_size
-    elif method == "loramoe":  # N rank-r experts + an N-way router on ffn_in and ffn_out
-        E = L * sum(2 * targs.moe_experts * (targs.moe_r * (i + o) + i) for i, o in (io["ffn_in"], io["ffn_out"]))
-    T_kv = T + (targs.prefix_len if method == "prefix" else 0)
+    kind = peft.kind_config(methods.get(method).kind(targs), vars(targs))  # the registry entry counts E and P
+    E, T_kv, full = kind.branch_flops(cfg), T + kind.extra_keys(), kind.trains_base
     t_q = [T] * (L - 1) + [1 if cls_only else T]
     weights = sum(2 * 2 * C * C * T + 2 * (2 * C * C + 2 * C * I) * t for t in t_q)
     attn = sum(4 * t * T_kv * C for t in t_q)
-    full = method == "full"
     forward = weights + attn + E * T
     act_grad = weights - (0 if full else 2 * 3 * C * C * T) + 2 * attn + E * T
     weight_grad = (weights if full else 0) + E * T
@@ -272,7 +267,7 @@ def child(job, a, repeats=1):
 
 def hf_available():
     """transformers and the peft *package* importable (our peft.py, next to this file, shadows the name)."""
-    path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    path = [p for p in sys.path if os.path.abspath(p or ".") not in (ROOT, os.path.join(ROOT, "tools"))]
     return all(importlib.machinery.PathFinder.find_spec(n, path) is not None for n in ("transformers", "peft"))
 
 
@@ -282,7 +277,7 @@ def resolve_model_dir(path):
     try:
         return path or default_model_dir()
     except ModelLoadError:
-        r = subprocess.run(["python", "-c", "import model; print(model.default_model_dir())"], cwd=HERE,
+        r = subprocess.run(["python", "-c", "import model; print(model.default_model_dir())"], cwd=ROOT,
                            capture_output=True, text=True)
         if r.returncode or not os.path.isdir(r.stdout.strip()):
             raise
@@ -329,9 +324,10 @@ def summarise(a, cfg, runs, out, notes):
         notes += [f"{job} failed: {r['error']}" for r in results if "error" in r]
         if not ok:
             continue
-        key, method = job.replace("@", "_"), job.partition("@")[0].removeprefix("hf_")
+        key, method = job.replace("@-", "_no_").replace("@", "_"), job.partition("@")[0].removeprefix("hf_")
         secs = [s for r in ok for s in r["s_step"]]
-        cls_only = not job.startswith("hf_") and method != "loramoe"  # see model.Classifier.cls_only
+        plain = job.startswith("hf_") or job.endswith(("@plain", "@-cls_only"))
+        cls_only = not plain and not methods.get(method).reads_all_tokens  # speedups.py, path 3
         targs = train.parse_args(["--method", method])
         s, flops = statistics.median(secs), train_flops(method, cfg, a.batch, a.seq, targs, cls_only)
         out.update({f"{key}_tok_s": tok / s, f"{key}_ms_step": 1000 * s, f"{key}_gflops": flops / s / 1e9,
@@ -355,6 +351,11 @@ def summarise(a, cfg, runs, out, notes):
             out[f"{m}_ckpt_act_mb_ratio"] = ((out[f"{m}_ckpt_peak_mb"] - out[f"{m}_ckpt_before_mb"])
                                             / (out[f"{m}_peak_mb"] - out[f"{m}_before_mb"]))
             out[f"{m}_ckpt_speed_ratio"] = out[f"{m}_ckpt_tok_s"] / out[f"{m}_tok_s"]
+    for m in METHODS:  # what each speed path pays: all on / that one off (per-round medians, like the above)
+        for off in [p for p in speedups.PATHS if f"{m}_no_{p}_tok_s" in out] + (["plain"] if f"{m}_plain_tok_s" in out else []):
+            key = f"{m}_no_{off}" if off != "plain" else f"{m}_plain"
+            if f"{m}_tok_s" in out:
+                out[f"{m}_speedup_{off}"] = out[f"{m}_tok_s"] / out[f"{key}_tok_s"]
     if "clear_ms_step" in out and "lora_ms_step" in out:  # CleaR's per-step cost over the LoRA it routes
         out["clear_vs_lora_step"] = out["clear_ms_step"] / out["lora_ms_step"]
     return rows
@@ -375,6 +376,12 @@ def print_report(a, out, rows, notes):
                   f"(peak - before), {out[f'{m}_ckpt_speed_ratio']:.2f}x the tokens/s")
     if "clear_vs_lora_step" in out:
         print(f"CleaR (LoRA) / LoRA: {out['clear_vs_lora_step']:.2f}x the time per step")
+    for m in METHODS:
+        paid = {p: out[f"{m}_speedup_{p}"] for p in speedups.PATHS + ("plain",) if f"{m}_speedup_{p}" in out}
+        if paid:
+            print(f"{m}: tokens/s with every speed path / with one off: "
+                  + ", ".join(f"{p} {v:.2f}x" for p, v in paid.items() if p != "plain")
+                  + (f"; all of them / none (plain path) {paid['plain']:.2f}x" if "plain" in paid else ""))
     if "merge_speedup" in out:
         print(f"LoRA inference, batch {a.infer_batch}: unmerged {out['lora_infer_tok_s']:,.0f} tok/s, merged "
               f"{out['lora_merged_infer_tok_s']:,.0f} tok/s ({out['merge_speedup']:.2f}x; max |logit diff| "
@@ -408,6 +415,8 @@ def main(argv=None):
     jobs = a.methods + ([f"hf_{m}" for m in ("lora", "full") if m in a.methods] if use_hf else [])
     jobs += [j + "@compile" for j in jobs] if a.compile else []
     jobs += [m + "@ckpt" for m in a.methods] if a.grad_checkpointing else []
+    jobs += [f"{m}@{v}" for m in a.methods for v in ["plain"] + [f"-{p}" for p in speedups.PATHS]] \
+        if a.speedup_ablation else []
     runs, roof = run_rounds(a, jobs, device, sync)
     out = {"torch": torch.__version__, "device": device.type, "threads": a.threads, "batch": a.batch, "seq": a.seq,
            "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roof}

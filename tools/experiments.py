@@ -13,10 +13,10 @@ Regenerate the README's results with one command: run a named grid of `train.py`
   that has not run yet shows up as fewer seeds, never as a made-up number.
 
 Usage:
-    python experiments.py --grid quick --jobs 2              # ~20 min on a 2-core CPU
-    python experiments.py --grid cpu --jobs 2 --write_readme # the README's grid (hours on a CPU)
-    python experiments.py --grid paper --device cuda         # full datasets, for a single GPU
-    python experiments.py --grid cpu --dry_run               # list the cells and what is done
+    python tools/experiments.py --grid quick --jobs 2              # ~20 min on a 2-core CPU
+    python tools/experiments.py --grid cpu --jobs 2 --write_readme # the README's grid (hours on a CPU)
+    python tools/experiments.py --grid paper --device cuda         # full datasets, for a single GPU
+    python tools/experiments.py --grid cpu --dry_run               # list the cells and what is done
 """
 
 import argparse
@@ -28,17 +28,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import report
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
 
-TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-# train.py arguments of each method as the tables name it
-METHODS = {
-    "full": ["--method", "full"],
-    "lora": ["--method", "lora"],
+TRAIN_PY = os.path.join(ROOT, "train.py")
+# a grid cell's method is a registry method (methods.py: `--method NAME`) or one of these variants
+VARIANTS = {
     "clear": ["--method", "clear", "--peft", "lora"],
-    "loramoe": ["--method", "loramoe"],
     "match": ["--method", "match", "--peft", "lora"],
-    "adapter": ["--method", "adapter"],
     "clear-adapter": ["--method", "clear", "--peft", "adapter"],
     # sweeps of the two settings DESIGN leaves open: Match-Tuning's tau, LoRAMoE's learning rate
     **{f"match-tau{t:g}": ["--method", "match", "--peft", "lora", "--match_tau", f"{t:g}"] for t in (0.3, 1, 10)},
@@ -63,7 +61,8 @@ class Cell:
 
     def command(self, root, device):
         return [sys.executable, TRAIN_PY, "--dataset", self.dataset, "--noise", self.noise,
-                "--noise_rate", f"{self.rate:g}", "--seed", str(self.seed), *METHODS[self.method], *self.args,
+                "--noise_rate", f"{self.rate:g}", "--seed", str(self.seed),
+                *VARIANTS.get(self.method, ["--method", self.method]), *self.args,
                 "--device", device, "--out", self.out_dir(root), "--no_progress"]
 
 
@@ -103,7 +102,7 @@ def status(cell, root):
     d = cell.out_dir(root)
     if os.path.isfile(os.path.join(d, "summary.json")):
         return "done"
-    return "partial" if os.path.isfile(os.path.join(d, "checkpoint.pt")) else "todo"
+    return "partial" if os.path.isfile(os.path.join(d, "checkpoint.safetensors")) else "todo"
 
 
 def run_grid(grid, root, jobs, device, threads):
@@ -141,6 +140,20 @@ def finished_runs(grid, root, **match):
     return report.load_runs(dirs)
 
 
+# one picture per method that has its own diagnostics: (file stem, caption, draw(run_dir, png_path))
+PICTURES = {
+    "clear": ("gmm", "CleaR's per-sample losses and fitted mixture after the last warm-up epoch",
+              lambda d, path: report.plot_gmm(d, 3, path)),
+    "loramoe": ("loramoe_groups", "LoRAMoE expert group 0's routing share, truly clean vs noisy",
+                lambda d, path: report.plot_curves(report.load_runs([d]), ["moe_g0_clean", "moe_g0_noisy"], path,
+                                                   "routing share")),
+    "match": ("match_mass", "Match-Tuning: where each example's mixing mass goes, per epoch",
+              lambda d, path: report.plot_curves(report.load_runs([d]), ["match_diag", "match_same_label",
+                                                                         "match_diff_label"], path,
+                                                 "share of mixing mass")),
+}
+
+
 def readme_blocks(grid, root, assets):
     """{marker key: markdown} for every table and picture of this grid that has runs."""
     blocks = {}
@@ -160,22 +173,12 @@ def readme_blocks(grid, root, assets):
     if any(c in SWEEP_CELLS for c in sweep):
         blocks["table-sweep"] = report.table(sweep_runs, ["match_same_label", "match_diff_label"], by_lr=True)
     first = [c for c in grid if c.seed == 0 and c.noise == "sym" and c.rate == 0.4 and status(c, root) == "done"]
-    pictures = {"clear": ("gmm", "CleaR's per-sample losses and fitted mixture after the last warm-up epoch"),
-                "loramoe": ("loramoe_groups", "LoRAMoE expert group 0's routing share, truly clean vs noisy"),
-                "match": ("match_mass", "Match-Tuning: where each example's mixing mass goes, per epoch")}
     for cell in first:
-        if cell.method not in pictures or f"picture-{cell.method}" in blocks:
+        if cell.method not in PICTURES or f"picture-{cell.method}" in blocks:
             continue
-        name, caption = pictures[cell.method]
+        name, caption, draw = PICTURES[cell.method]
         path = os.path.join(assets, f"{name}_{cell.dataset}.png")
-        d = cell.out_dir(root)
-        if cell.method == "clear":
-            report.plot_gmm(d, 3, path)
-        elif cell.method == "loramoe":
-            report.plot_curves(report.load_runs([d]), ["moe_g0_clean", "moe_g0_noisy"], path, "routing share")
-        else:
-            report.plot_curves(report.load_runs([d]), ["match_diag", "match_same_label", "match_diff_label"],
-                               path, "share of mixing mass")
+        draw(cell.out_dir(root), path)
         blocks[f"picture-{cell.method}"] = f"![{caption}]({path})"
     return blocks
 

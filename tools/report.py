@@ -9,18 +9,23 @@ parameter count. With `--plot FILE` it also
 draws the per-epoch memorisation curves (matplotlib, optional).
 
 Usage:
-    python report.py runs/t2                        # markdown table on stdout
-    python report.py runs/t3 --plot assets/memorisation.png
-    python report.py runs/t4/clear --gmm_plot assets/gmm.png --gmm_epoch 4
+    python tools/report.py runs/t2                        # markdown table on stdout
+    python tools/report.py runs/t3 --plot assets/memorisation.png
+    python tools/report.py runs/t4/clear --gmm_plot assets/gmm.png --gmm_epoch 4
 """
 
 import argparse
 import glob
 import json
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, one folder up
+import methods  # noqa: E402
+from mixture import fit_loss_gmm  # noqa: E402
 
 
 def load_runs(dirs):
@@ -36,19 +41,9 @@ def load_runs(dirs):
     return runs
 
 
-def run_label(cfg):
-    """The method as a reader names it: 'full', 'lora', 'clear (adapter)', ..."""
-    peft = cfg.get("peft")
-    if cfg["method"] == "loramoe":
-        return f"loramoe (types {cfg.get('moe_types', 'none')})"
-    if cfg["method"] == "match":
-        return f"match ({peft}, tau {cfg.get('match_tau', 3):g})"
-    return f"{cfg['method']} ({peft})" if peft and cfg["method"] == "clear" else cfg["method"]
-
-
 def group_key(cfg, by_lr=False):
     noise = "none" if cfg["noise"] == "none" else f"{cfg['noise']} {cfg['noise_rate']:g}"
-    method = run_label(cfg) + (f", lr {cfg['lr']:g}" if by_lr else "")
+    method = methods.label(cfg) + (f", lr {cfg['lr']:g}" if by_lr else "")
     return (os.path.basename(cfg["dataset"]), noise, method)
 
 
@@ -129,7 +124,7 @@ def plot_curves(runs, keys, path, ylabel):
             xs = [m["epoch"] for m, y in zip(metrics, ys) if y is not None]
             ax.plot(xs, [y for y in ys if y is not None], marker="o", label=key)
         cfg = summary["config"]
-        ax.set_title(f"{run_label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}", fontsize=9)
+        ax.set_title(f"{methods.label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(ylabel)
@@ -143,7 +138,6 @@ def plot_gmm(run_dir, epoch, path):
     """Histogram of one epoch's per-sample losses (min-max normalised, as CleaR fits them),
     coloured by truly clean / truly noisy, with the two fitted Gaussians on top."""
     plt = pyplot()
-    from routing import fit_loss_gmm
     d = np.load(os.path.join(run_dir, "per_sample.npz"))
     x, gmm = fit_loss_gmm(d["loss"][epoch - 1])
     clean = d["observed"] == d["true"]
@@ -159,7 +153,7 @@ def plot_gmm(run_dir, epoch, path):
     ax.set_xlabel("normalised training loss on the observed label")
     ax.set_ylabel("samples")
     cfg = json.load(open(os.path.join(run_dir, "summary.json")))["config"]
-    ax.set_title(f"{run_label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}, after epoch {epoch}", fontsize=10)
+    ax.set_title(f"{methods.label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}, after epoch {epoch}", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,82 @@
+"""
+The training engine: one optimizer step, one epoch of steps, and the optimizer with its
+learning-rate schedule. train.py runs them; bench.py times train_step itself, so what is
+measured is what trains.
+
+A step: the method's gates (routing.Routing.gates) -> forward under autocast -> the
+method's loss(logits, batch), which returns its extra terms explicitly -> backward ->
+gradient clipping -> AdamW -> scheduler. A batch carries the observed labels only (data.Batch).
+
+Usage:
+    opt, sched = build_optimizer(model, lr=2e-3, weight_decay=0.01, warmup_ratio=0.1, total_steps=600)
+    stats = train_epoch(model, hooks, batches, opt, sched, grad_clip=1.0, autocast=nullcontext)
+"""
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dist
+
+
+def lr_lambda(warmup_steps, total_steps):
+    """Linear warm-up to the peak, then linear decay to zero (Devlin et al. 2019, Sec. A.2)."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return f
+
+
+def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps):
+    """AdamW over the trainable parameters (no decay on biases and LayerNorm gains), and its schedule."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # one fused kernel for the whole update: ~5x faster optimizer step on this CPU (torch >= 2.4)
+        opt = torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(groups, lr=lr)
+    warmup = int(warmup_ratio * total_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
+
+
+def train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast):
+    """One optimizer step on one batch. forward(input_ids, attention_mask, gates) -> logits (B, K);
+    params: the trainable parameters (clipped together). Returns (loss, {extra term: value})."""
+    with autocast():
+        logits = forward(batch.input_ids, batch.attention_mask, gates=hooks.gates(batch))
+    loss, extra = hooks.loss(logits, batch)
+    extra = {k: v.item() for k, v in extra.items()}
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    return loss.item(), extra
+
+
+def train_epoch(forward, model, hooks, batches, opt, sched, grad_clip, autocast, device, steps=None,
+                bar_desc=None):
+    """train_step over every batch (model in train mode). steps: the number of batches (for the
+    bar); bar_desc: a tqdm bar with this title, or None for none. Returns {"train_loss", "train_<extra>"...: means over steps (and ranks),
+    "train_pass_s": seconds}."""
+    model.train()
+    t0, losses, extra_sums = time.time(), [], {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(batches, total=steps, desc=bar_desc, leave=False, disable=bar_desc is None)
+    for batch in bar:
+        batch = type(batch)(*(t.to(device) for t in batch))
+        loss, extra = train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast)
+        for k, v in extra.items():
+            extra_sums[k] = extra_sums.get(k, 0.0) + v
+        losses.append(loss)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return {"train_loss": dist.mean(np.mean(losses), device),
+            **{f"train_{k}": dist.mean(v / len(losses), device) for k, v in extra_sums.items()},
+            "train_pass_s": time.time() - t0}
