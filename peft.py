@@ -31,8 +31,8 @@ Conventions shared by every kind:
   model's function - except prefix tuning, see PrefixTuning.
 - Every base layer is called as `module(x, gate)`; `gate` (B,) multiplies the delta per
   sample, which is how CleaR (routing.py) switches PEFT modules on and off.
-- Parameter names carry the kind's prefix (lora_, adapter_, prefix_, bitfit_, and
-  router_ / match_ used by routing.py), so freezing and saving are one name filter.
+- Parameter names carry the kind's prefixes (param_prefixes: lora_, adapter_, prefix_,
+  bitfit_; LoRAMoE's lora_ and router_), so freezing and saving are one name filter.
 
 LoRA on one projection (shapes for x of shape (B, T, in)):
 
@@ -67,7 +67,6 @@ from model import count_params, linear_shapes
 LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # Linear sub-modules of model.Layer
 ADAPTER_SITES = {"houlsby": ("attn_out", "ffn_out"), "pfeiffer": ("ffn_out",)}
 BITFIT_SITES = ("query", "key", "value", "attn_out", "attn_norm", "ffn_in", "ffn_out", "ffn_norm")
-PEFT_PREFIXES = ("lora_", "adapter_", "prefix_", "bitfit_", "router_", "match_")
 
 
 class PeftError(ValueError):
@@ -90,6 +89,7 @@ class PeftKind:
     clear_base_rate: ClassVar[float | None] = None  # CleaR's gate rate r (official code); None: not routable
     trains_base: ClassVar[bool] = False       # True: every pretrained weight trains (full fine-tuning)
     standalone: ClassVar[bool] = True         # offered as --method NAME and --peft NAME
+    param_prefixes: ClassVar[tuple] = ()      # its parameters' name prefixes: what trains and is saved
     must_match: ClassVar[tuple] = ()          # settings that change what saved tensors mean
 
     def __post_init__(self):
@@ -231,6 +231,7 @@ class LoRALinear(nn.Module):
 class LoRA(PeftKind):
     """LoRA (peft.py, Hu et al. 2021)"""
     name: ClassVar[str] = "lora"
+    param_prefixes: ClassVar[tuple] = ("lora_",)
     default_lr: ClassVar[float] = 2e-3
     clear_base_rate: ClassVar[float] = 0.85
     must_match: ClassVar[tuple] = ("lora_r", "lora_alpha", "lora_targets")
@@ -329,6 +330,7 @@ class AdapterWrapper(nn.Module):
 class Adapter(PeftKind):
     """Bottleneck adapters (peft.py, Houlsby et al. 2019; Pfeiffer et al. 2021)"""
     name: ClassVar[str] = "adapter"
+    param_prefixes: ClassVar[tuple] = ("adapter_",)
     default_lr: ClassVar[float] = 2e-3
     clear_base_rate: ClassVar[float] = 0.7
     must_match: ClassVar[tuple] = ("adapter_kind", "adapter_size")
@@ -400,6 +402,7 @@ class PrefixTuning(nn.Module):
 class Prefix(PeftKind):
     """Prefix tuning (peft.py, Li & Liang 2021)"""
     name: ClassVar[str] = "prefix"
+    param_prefixes: ClassVar[tuple] = ("prefix_",)
     default_lr: ClassVar[float] = 2e-2
     clear_base_rate: ClassVar[float] = 0.85
     must_match: ClassVar[tuple] = ("prefix_len", "prefix_mlp", "prefix_mlp_hidden")
@@ -454,6 +457,7 @@ class BitFitWrapper(nn.Module):
 class BitFit(PeftKind):
     """BitFit (peft.py, Ben Zaken et al. 2022)"""
     name: ClassVar[str] = "bitfit"
+    param_prefixes: ClassVar[tuple] = ("bitfit_",)
     default_lr: ClassVar[float] = 5e-3
     clear_base_rate: ClassVar[float] = 0.9
 
@@ -472,9 +476,10 @@ class BitFit(PeftKind):
 # Injection, freezing, accounting
 
 def is_peft_param(name):
-    """True for the classifier head and any tensor with a PEFT-prefixed name component."""
-    parts = name.split(".")
-    return parts[0] == "head" or any(p.startswith(PEFT_PREFIXES) for p in parts)
+    """True for the classifier head and any tensor whose name has a component starting with a
+    registered kind's prefix (lora_, adapter_, ...): the one filter for freezing and saving."""
+    parts, prefixes = name.split("."), tuple(p for kind in KINDS.values() for p in kind.param_prefixes)
+    return parts[0] == "head" or any(p.startswith(prefixes) for p in parts)
 
 
 def mark_trainable(model, full=False):

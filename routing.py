@@ -241,6 +241,7 @@ class LoRAMoE(peft.PeftKind):
     default_lr: ClassVar[float] = 5e-4
     standalone: ClassVar[bool] = False  # only with its balance loss: --method loramoe
     must_match: ClassVar[tuple] = ("moe_experts", "moe_r", "moe_alpha")
+    param_prefixes: ClassVar[tuple] = ("lora_", "router_")
     moe_experts: int = setting(6, "LoRA experts per FFN linear")
     moe_r: int = setting(4, "rank of each expert")
     moe_alpha: float = setting(32, "expert deltas are scaled by alpha/r")

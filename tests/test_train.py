@@ -93,6 +93,36 @@ def test_bad_inputs_give_one_clear_error(tiny_model_dir, tiny_dataset, tmp_path,
     expect_error(capsys, base("f", "--resume"), "no checkpoint")
     expect_error(capsys, base("g", "--method", "match", "--match_tau", "0"), "match_tau")
     expect_error(capsys, base("h", "--method", "clear", "--base_rate", "1.5"), "1.5")
+    expect_error(capsys, base("i", "--epochs", "0"), "--epochs must be >= 1")
+    expect_error(capsys, base("j", "--batch_size", "0"), "--batch_size must be >= 1")
+    expect_error(capsys, base("k", "--max_len", "100"), "--max_len 100", "64 positions")
+    expect_error(capsys, base("l", "--lora_r", "0", "--method", "lora"), "lora_r")
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("text,label\ncaf\u00e9 au lait,pos\nfine,neg\n".encode("latin-1"))
+    expect_error(capsys, run_args(tiny_model_dir, str(latin1), tmp_path / "m"), "latin1.csv", "not UTF-8", "0xe9")
+    assert not any((tmp_path / d).exists() for d in "ijklm")  # nothing was created for a run that cannot start
+
+
+def test_bad_checkpoints_end_resume_with_one_line_and_stay(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    """A corrupt, truncated or foreign checkpoint, or an old pickle, is never executed or deleted."""
+    good = tmp_path / "good"
+    train.main(run_args(tiny_model_dir, tiny_dataset, good, "--epochs", "1"))
+    data = (good / train.CHECKPOINT).read_bytes()
+    cases = {"corrupt": b"\x00" * 64, "truncated": data[: len(data) // 2],
+             "foreign": (good / "peft.safetensors").read_bytes()}
+    for name, content in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / train.CHECKPOINT).write_bytes(content)
+        err = expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, d, "--epochs", "1", "--resume"),
+                           train.CHECKPOINT)
+        assert err.count("\n") == 1, err
+        assert (d / train.CHECKPOINT).read_bytes() == content
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "checkpoint.pt").write_bytes(b"a pickle that must never be loaded")
+    expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, old, "--epochs", "1", "--resume"), "pickle", "--overwrite")
+    assert (old / "checkpoint.pt").exists()
 
 
 def test_existing_run_is_not_overwritten(tiny_model_dir, tiny_dataset, tmp_path, capsys):

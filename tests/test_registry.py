@@ -1,0 +1,205 @@
+"""The registries are the one place to change: a new PEFT kind and new routers, written in
+this file alone, train through the normal command line; every method's closed-form
+parameter count holds; and no per-batch hook can see a true label."""
+
+import json
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import methods
+import noise
+import peft
+import routing
+import train
+from conftest import TINY_CONFIG, make_text_dataset
+from model import count_params
+
+TINY = ["--max_len", "64", "--batch_size", "16", "--warmup_ratio", "0", "--no_progress"]
+
+
+# ---------------------------------------------------------------------------- a student's PEFT kind
+
+
+class ScaleWrapper(nn.Module):
+    """y = base(x) * (1 + gate * ia3_scale): a learned per-channel rescaling (Liu et al. 2022,
+    "(IA)^3"), the identity at init."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        self.ia3_scale = nn.Parameter(torch.zeros(base.out_features))
+
+    def forward(self, x, gate=None):
+        s = self.ia3_scale if gate is None else gate[:, None, None].to(x.dtype) * self.ia3_scale
+        return self.base(x, gate) * (1 + s)
+
+
+@dataclass
+class IA3(peft.PeftKind):
+    """IA3 scales (a test's own PEFT kind)"""
+    name: ClassVar[str] = "ia3"
+    default_lr: ClassVar[float] = 1e-2
+    clear_base_rate: ClassVar[float] = 0.85
+    param_prefixes: ClassVar[tuple] = ("ia3_",)
+    ia3_targets: str = peft.setting("key,value,ffn_in", "projections whose outputs get a learned scale")
+
+    def inject(self, model):
+        for layer in model.encoder.layers:
+            for name in self.ia3_targets.split(","):
+                setattr(layer, name, ScaleWrapper(getattr(layer, name)))
+
+    def trainable_params(self, bert, num_classes):
+        outs = {"key": bert.hidden_size, "value": bert.hidden_size, "ffn_in": bert.intermediate_size}
+        per_layer = sum(outs[t] for t in self.ia3_targets.split(","))
+        return bert.num_hidden_layers * per_layer + peft.head_params(bert, num_classes)
+
+
+# ---------------------------------------------------------------------------- a student's routers
+
+
+@dataclass
+class CoinConfig:
+    """Coin-flip routing (a test's own router)"""
+    coin_p: float = peft.setting(0.5, "probability that a sample's PEFT modules are on in a layer")
+
+
+class CoinRouting(routing.Routing):
+    """Each sample's PEFT modules of each layer are on with probability p, whatever the sample."""
+    draws = []  # (B, L) gates of every step, for the test to inspect
+
+    def __init__(self, p, num_layers):
+        self.p, self.num_layers = p, num_layers
+
+    def gates(self, batch):
+        g = torch.bernoulli(torch.full((len(batch.index), self.num_layers), self.p))
+        CoinRouting.draws.append(g)
+        return g
+
+
+class Coin(methods.Method):
+    name, summary = "coin", "coin-flip routing of the PEFT modules (a test's own router)"
+    settings = CoinConfig
+
+    def allows(self, kind):
+        return kind.standalone and not kind.trains_base
+
+    def hooks(self, model, args, num_train):
+        return CoinRouting(args.coin_p, model.encoder.config.num_hidden_layers)
+
+
+class SmallLossRouting(routing.Routing):
+    """Small-loss selection (Han et al. 2018, Co-teaching Sec. 3): train on the 70% of each batch
+    with the smallest loss - written as the loss hook alone."""
+    kept = []
+
+    def loss(self, logits, batch):
+        per_sample = F.cross_entropy(logits.float(), batch.label, reduction="none")  # (B,)
+        keep = per_sample.argsort()[: max(1, int(0.7 * len(per_sample)))]
+        SmallLossRouting.kept.append((len(keep), len(per_sample)))
+        return per_sample[keep].mean(), {}
+
+
+class SmallLoss(methods.Method):
+    name, summary = "smallloss", "small-loss selection on a PEFT kind (a test's own method)"
+
+    def hooks(self, model, args, num_train):
+        return SmallLossRouting()
+
+
+@pytest.fixture
+def registered():
+    """The student's three entries, registered as in their own file, removed after the test."""
+    peft.register(IA3)
+    methods.register(Coin)
+    methods.register(SmallLoss)
+    yield
+    del peft.KINDS["ia3"], methods.METHODS["coin"], methods.METHODS["smallloss"]
+
+
+def test_new_kind_and_routers_train_through_the_command_line(registered, tiny_pretrained_dir, tiny_dataset, tmp_path):
+    base = ["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--epochs", "1", "--noise_rate", "0.2", *TINY]
+    assert "ia3" in methods.names() and "coin" in methods.names()
+    assert train.parse_args(["--method", "ia3", "--ia3_targets", "key"]).ia3_targets == "key"  # its own flag
+
+    summary = train.main([*base, "--method", "ia3", "--out", str(tmp_path / "ia3")])
+    assert summary["trainable_params"] == IA3().trainable_params(TINY_CONFIG, 2)  # the closed form holds
+    assert summary["config"]["lr"] == IA3.default_lr
+    assert train.main(["--eval_only", "--load", str(tmp_path / "ia3"), "--no_progress"])["test_acc"] == \
+        summary["last_test_acc"]  # saved and reloaded through the same registry entry
+
+    clear = train.main([*base, "--method", "clear", "--peft", "ia3", "--warmup_epochs", "1",
+                        "--out", str(tmp_path / "clear")])  # CleaR routes the new kind at its base rate
+    assert clear["config"]["base_rate"] == IA3.clear_base_rate and "gmm_auroc" in clear
+
+    CoinRouting.draws.clear()
+    train.main([*base, "--method", "coin", "--peft", "ia3", "--coin_p", "0.25", "--out", str(tmp_path / "coin")])
+    draws = torch.cat(CoinRouting.draws)
+    assert draws.shape == (192, TINY_CONFIG.num_hidden_layers) and 0.1 < draws.mean() < 0.4
+
+    SmallLossRouting.kept.clear()
+    train.main([*base, "--method", "smallloss", "--peft", "lora", "--out", str(tmp_path / "small")])
+    assert SmallLossRouting.kept and all(k < n or n == 1 for k, n in SmallLossRouting.kept)
+
+
+def test_a_router_cannot_sit_on_a_kind_it_does_not_allow(registered, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--method", "coin", "--peft", "none"])
+    assert "cannot sit on --peft none" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="already exists"):
+        methods.register(Coin)
+
+
+# ---------------------------------------------------------------------------- every method's accounting
+
+
+CASES = [["--method", m] for m in methods.names()] + [["--method", "clear", "--peft", "adapter"],
+                                                     ["--method", "match", "--peft", "none"]]
+
+
+@pytest.mark.parametrize("argv", CASES, ids=[" ".join(a[1::2]) for a in CASES])
+def test_every_method_builds_with_its_closed_form_parameter_count(argv, tiny_model_dir):
+    args = train.parse_args([*argv, "--model", tiny_model_dir, "--max_len", "64"])
+    model, _ = train.build_model(args, 3)
+    method = methods.get(args.method)
+    kind = peft.kind_config(method.kind(args), vars(args))
+    assert count_params(model)[0] == kind.trainable_params(TINY_CONFIG, 3) + method.extra_params(TINY_CONFIG)
+    assert isinstance(method.label(vars(args)), str)
+    hooks = train.build_hooks(args, model, 10)
+    assert isinstance(hooks, routing.Routing)
+
+
+# ---------------------------------------------------------------------------- no peeking at true labels
+
+
+@pytest.mark.parametrize("argv", [["--method", "lora"], ["--method", "clear", "--warmup_epochs", "1"],
+                                  ["--method", "loramoe", "--moe_types", "clean", "--warmup_epochs", "1"],
+                                  ["--method", "match"]], ids=["lora", "clear", "loramoe", "match"])
+def test_training_is_blind_to_the_true_labels(argv, tiny_pretrained_dir, tmp_path):
+    """Two runs see the same texts and the same observed labels, but different truths: labels
+    drawn with noise from the true ones, or the observed labels given as clean data. If any
+    per-batch hook read a true label, the training losses would differ; only the metrics may."""
+    data_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    make_text_dataset(data_csv, n=96, seed=3)
+    make_text_dataset(test_csv, n=40, seed=4)
+    rows = data_csv.read_text().splitlines()
+    true = torch.tensor([int(r.endswith(",pos")) for r in rows[1:]]).numpy()
+    observed = noise.add_noise(true, "sym", 0.3, 2, seed=0)  # what train.py draws for --seed 0
+    relabelled = tmp_path / "observed.csv"
+    relabelled.write_text("\n".join([rows[0]] + [r.rsplit(",", 1)[0] + ("," + ("pos" if o else "neg"))
+                                                 for r, o in zip(rows[1:], observed)]) + "\n")
+    runs = []
+    for dataset, noise_args in ((data_csv, ["--noise", "sym", "--noise_rate", "0.3"]), (relabelled, ["--noise", "none"])):
+        out = tmp_path / dataset.stem
+        train.main([*argv, "--model", tiny_pretrained_dir, "--dataset", str(dataset), "--test_file", str(test_csv),
+                    "--epochs", "2", "--lr", "1e-2", "--out", str(out), *noise_args, *TINY])
+        runs.append([json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))])
+    training = lambda ms: [{k: v for k, v in m.items() if k.startswith("train_") and not k.endswith("_s")
+                            and k != "train_clean_acc"} | {"test_acc": m["test_acc"]} for m in ms]
+    assert training(runs[0]) == training(runs[1])
+    assert runs[0][-1]["noisy_memorized"] is not None and runs[1][-1]["noisy_memorized"] is None  # truths differ
