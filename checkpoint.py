@@ -13,7 +13,8 @@ killed run never leaves half a file.
 
 Usage:
     save_peft(model, "runs/x", extra={"class_names": names}); load_peft(fresh_model, "runs/x")
-    save_state("runs/x/checkpoint.safetensors", state); state = load_state(path)
+    ckpt = prepare_out_dir(out, resume, overwrite, config)   # None, or the state to resume from
+    save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, wall_s)
 """
 
 import json
@@ -26,6 +27,8 @@ import torch
 from peft import KINDS, LoRALinear, is_peft_param, kind_config
 
 WEIGHTS_NAME, CONFIG_NAME = "peft.safetensors", "peft_config.json"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+RESUME_IGNORED = ("resume", "overwrite", "device", "no_progress", "eval_batch_size")  # may change on --resume
 
 
 class CheckpointError(ValueError):
@@ -202,3 +205,54 @@ def load_state(path):
             raise
         raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); "
                               "the file is corrupt, truncated or not ours") from None
+
+
+# ----------------------------------------------------------------------------
+# train.py's output directory
+
+
+def prepare_out_dir(out, resume, overwrite, config):
+    """The checkpoint state to resume from, or None for a fresh start; refuses to clobber a run."""
+    path = os.path.join(out, CHECKPOINT_NAME)
+    if resume:
+        if not os.path.isfile(path):
+            old = os.path.join(out, "checkpoint.pt")
+            raise CheckpointError(f"--resume: {old} is a pickle from an older version, which is never loaded (a "
+                                  "pickle can run code): start over with --overwrite" if os.path.isfile(old)
+                                  else f"--resume: no checkpoint at {path}")
+        state = load_state(path)
+        old = {k: v for k, v in state["config"].items() if k not in RESUME_IGNORED}
+        new = {k: v for k, v in config.items() if k not in RESUME_IGNORED}
+        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if diff:
+            raise CheckpointError(f"--resume: settings differ from the checkpoint's (old, new): {diff}")
+        return state
+    files = (CHECKPOINT_NAME, "checkpoint.pt", "summary.json", "metrics.jsonl")
+    if any(os.path.exists(os.path.join(out, f)) for f in files[:3]) and not overwrite:
+        raise CheckpointError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    os.makedirs(out, exist_ok=True)
+    for f in files:
+        if os.path.exists(os.path.join(out, f)):
+            os.remove(os.path.join(out, f))
+    return None
+
+
+def save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, wall_s):
+    """Everything --resume needs after `epoch`, in out/checkpoint.safetensors."""
+    save_state(os.path.join(out, CHECKPOINT_NAME), {
+        "config": config, "epoch": epoch, "history": history, "sample_losses": sample_losses,
+        "trainable": {k: v for k, v in model.named_parameters() if v.requires_grad},
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+        "router": hooks.state_dict(), "wall_s": wall_s})
+
+
+def restore(state, model, opt, sched, hooks):
+    """(history, per-epoch sample losses, first epoch to run, wall seconds so far); a fresh start for None."""
+    if state is None:
+        return [], [], 0, 0.0
+    model.load_state_dict(state["trainable"], strict=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    hooks.load_state_dict(state["router"])
+    return state["history"], [t.numpy() for t in state["sample_losses"]], state["epoch"] + 1, state["wall_s"]

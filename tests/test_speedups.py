@@ -78,23 +78,6 @@ def test_cls_only_top_layer_gives_the_same_logits_and_gradients(case):
         torch.testing.assert_close(g_cls[name], g_full[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@torch.no_grad()
-def test_no_mask_for_an_unpadded_batch_changes_nothing():
-    torch.manual_seed(0)
-    enc = Encoder(TINY_CONFIG).eval()
-    ids = torch.randint(5, 100, (3, 9))
-    full = torch.ones_like(ids)
-    want = enc(ids, full)
-    enc.skip_unpadded_mask = True
-    torch.testing.assert_close(enc(ids, full), want, atol=1e-6, rtol=0)
-    padded = full.clone()
-    padded[1, 6:] = 0  # a padded batch keeps its mask
-    enc.skip_unpadded_mask = False
-    want = enc(ids, padded)
-    enc.skip_unpadded_mask = True
-    assert torch.equal(enc(ids, padded), want)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 @torch.no_grad()
 def test_enable_swaps_every_path_and_keeps_the_function(case):
@@ -105,11 +88,12 @@ def test_enable_swaps_every_path_and_keeps_the_function(case):
     kinds = {type(m) for m in fast.modules()}
     assert nn.Dropout not in kinds and Attention not in kinds and {CheapDropout, HandAttention} <= kinds
     assert not any(m.training for m in fast.modules())
-    assert fast.cls_only and fast.encoder.skip_unpadded_mask
-    assert not plain.cls_only and not plain.encoder.skip_unpadded_mask  # the textbook path is the default
+    assert fast.cls_only and not plain.cls_only  # the textbook path is the default
     for ids, mask in (batch(), batch(lengths=(7, 7, 7, 7))):  # padded and unpadded
         torch.testing.assert_close(fast(ids, mask), plain(ids, mask), atol=1e-5, rtol=0)
     only = speedups.enable(copy.deepcopy(plain), cls_only=False, paths=("dropout",))
     assert Attention in {type(m) for m in only.modules()} and not only.cls_only
-    with pytest.raises(ValueError, match="unknown speed paths"):
+    back = {type(m) for m in speedups.switch(speedups.switch(fast, "dropout", False), "attention", False).modules()}
+    assert CheapDropout not in back and HandAttention not in back and nn.Dropout in back  # switched off again
+    with pytest.raises(ValueError, match="unknown speed path"):
         speedups.enable(plain, paths=("turbo",))

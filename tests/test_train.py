@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import checkpoint
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,20 +51,20 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path,
     # a run that dies right after writing its second checkpoint
     cut = tmp_path / "cut"
     saves = []
-    real_save = train.save_checkpoint
+    real_save = checkpoint.save_training_state
 
-    def save_then_die(path, state):
-        real_save(path, state)
-        saves.append(path)
+    def save_then_die(out, *state):
+        real_save(out, *state)
+        saves.append(out)
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
     with pytest.raises(SystemExit) as e:
         train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise_rate", "0.2"))
     assert e.value.code == 130
     assert len(read_metrics(cut)) == 2
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise_rate", "0.2", "--resume"))
 
     strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_s")} for m in ms]  # timings differ
@@ -107,17 +108,17 @@ def test_bad_checkpoints_end_resume_with_one_line_and_stay(tiny_model_dir, tiny_
     """A corrupt, truncated or foreign checkpoint, or an old pickle, is never executed or deleted."""
     good = tmp_path / "good"
     train.main(run_args(tiny_model_dir, tiny_dataset, good, "--epochs", "1"))
-    data = (good / train.CHECKPOINT).read_bytes()
+    data = (good / checkpoint.CHECKPOINT_NAME).read_bytes()
     cases = {"corrupt": b"\x00" * 64, "truncated": data[: len(data) // 2],
              "foreign": (good / "peft.safetensors").read_bytes()}
     for name, content in cases.items():
         d = tmp_path / name
         d.mkdir()
-        (d / train.CHECKPOINT).write_bytes(content)
+        (d / checkpoint.CHECKPOINT_NAME).write_bytes(content)
         err = expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, d, "--epochs", "1", "--resume"),
-                           train.CHECKPOINT)
+                           checkpoint.CHECKPOINT_NAME)
         assert err.count("\n") == 1, err
-        assert (d / train.CHECKPOINT).read_bytes() == content
+        assert (d / checkpoint.CHECKPOINT_NAME).read_bytes() == content
     old = tmp_path / "old"
     old.mkdir()
     (old / "checkpoint.pt").write_bytes(b"a pickle that must never be loaded")

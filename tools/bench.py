@@ -22,7 +22,7 @@ and the tokens an epoch on mr costs with length-bucketed batches vs padding to 1
 Usage:
     python tools/bench.py                            # our methods
     python tools/bench.py --methods lora --hf        # side by side with transformers + peft, where both are installed
-    python tools/bench.py --methods lora,full --speedup_ablation   # what each speed path (speedups.py) pays
+    python tools/bench.py --methods lora,full --paths_ab --no_hf  # what each speed path (speedups.py) pays
     python tools/bench.py --methods lora --steps 2 --warmup 1 --repeats 1 --threads 1   # smoke test, not a measurement
 The last stdout line is one JSON object holding every figure.
 """
@@ -83,11 +83,18 @@ def parse_args(argv=None):
                                                 "suffix @compile for torch.compile, @ckpt for grad checkpointing, "
                                                 "@plain for no speed paths, @-PATH for all speed paths but PATH) - "
                                                 "what the subprocesses run")
-    p.add_argument("--speedup_ablation", action="store_true",
-                   help="also time every method with no speed paths (@plain) and with each one off (@-PATH)")
+    p.add_argument("--paths_ab", action="store_true", help="time every method's steps with each speed path on and "
+                   "off, alternating within one process (the robust way to see what a path pays)")
+    p.add_argument("--variants", default="", help="speed-path variants to time for every method too (comma list): "
+                   "plain (none of speedups.py), -PATH (all but PATH: -dropout, -attention, -cls_only), "
+                   "or all (every one of those)")
     p.add_argument("--json", action="store_true", help="print only the final JSON line")
     a = p.parse_args(argv)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    every = ["plain"] + [f"-{p}" for p in speedups.PATHS]
+    a.variants = every if a.variants == "all" else [v.strip() for v in a.variants.split(",") if v.strip()]
+    if set(a.variants) - set(every):
+        p.error(f"--variants: choose from {','.join(every)} or all, got {a.variants}")
     if not a.methods or set(a.methods) - set(METHODS):
         p.error(f"--methods: choose from {','.join(METHODS)}, got {a.methods}")
     if min(a.batch, a.seq, a.steps, a.repeats, a.threads, a.infer_batch) < 1 or a.warmup < 0:
@@ -197,6 +204,40 @@ def lora_infer(a, device, autocast, sync):
     return {"unmerged_s": unmerged, "merged_s": merged, "max_abs_diff": diff}
 
 
+def paths_ab(a, device, autocast, sync, method):
+    """Seconds per training step with each speed path on and off, alternating in one process
+    (A B A B ... a.repeats times, a.steps steps each), so machine drift hits both alike."""
+    out = {}
+    for path in speedups.PATHS:
+        if path == "cls_only" and methods.get(method).reads_all_tokens:
+            continue
+        torch.manual_seed(0)
+        batch = fake_batch(a.batch, a.seq, device)
+        targs = train.parse_args(["--method", method, "--model", a.model, "--no_speedups"])
+        model, _ = train.build_model(targs, NUM_CLASSES)
+        speedups.enable(model, cls_only=not methods.get(method).reads_all_tokens)
+        model.to(device).train()
+        hooks = train.build_hooks(targs, model, NUM_TRAIN)
+        step = make_step(model, model, hooks, targs, batch, autocast)
+        infer = fake_batch(a.infer_batch, a.seq, device)
+
+        def evaluate():  # an evaluation pass's forward: no gradients, eval mode, an unpadded batch
+            model.eval()
+            with torch.no_grad(), autocast():
+                model(infer.input_ids, infer.attention_mask)
+            model.train()
+        timed(step, max(a.warmup, 1), sync)
+        times = {k: [] for k in ("on_s", "off_s", "eval_on_s", "eval_off_s")}
+        for _ in range(a.repeats):
+            for on in (True, False):
+                speedups.switch(model, path, on)
+                times["on_s" if on else "off_s"].append(timed(step, a.steps, sync))
+                times["eval_on_s" if on else "eval_off_s"].append(timed(evaluate, a.steps, sync))
+            speedups.switch(model, path, True)
+        out[path] = times
+    return out
+
+
 def run_job(job, a):
     """One job in this process: build, burn in, time a.repeats x a.steps steps."""
     torch.set_num_threads(a.threads)
@@ -206,6 +247,8 @@ def run_job(job, a):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if job == "lora_infer":
         return lora_infer(a, device, autocast, sync)
+    if job.startswith("paths_ab@"):
+        return paths_ab(a, device, autocast, sync, job.partition("@")[2])
     name, _, variant = job.partition("@")  # @compile, @ckpt (grad checkpointing), @plain, @-PATH (speed paths)
     paths = () if variant == "plain" else tuple(p for p in speedups.PATHS if variant != f"-{p}")
     known = ("", "compile", "ckpt", "plain") + tuple(f"-{p}" for p in speedups.PATHS)
@@ -326,7 +369,7 @@ def summarise(a, cfg, runs, out, notes):
             continue
         key, method = job.replace("@-", "_no_").replace("@", "_"), job.partition("@")[0].removeprefix("hf_")
         secs = [s for r in ok for s in r["s_step"]]
-        plain = job.startswith("hf_") or job.endswith(("@plain", "@-cls_only"))
+        plain = job.startswith("hf_") or job.endswith(("@plain", "@-cls_only"))  # the top layer in full
         cls_only = not plain and not methods.get(method).reads_all_tokens  # speedups.py, path 3
         targs = train.parse_args(["--method", method])
         s, flops = statistics.median(secs), train_flops(method, cfg, a.batch, a.seq, targs, cls_only)
@@ -415,12 +458,22 @@ def main(argv=None):
     jobs = a.methods + ([f"hf_{m}" for m in ("lora", "full") if m in a.methods] if use_hf else [])
     jobs += [j + "@compile" for j in jobs] if a.compile else []
     jobs += [m + "@ckpt" for m in a.methods] if a.grad_checkpointing else []
-    jobs += [f"{m}@{v}" for m in a.methods for v in ["plain"] + [f"-{p}" for p in speedups.PATHS]] \
-        if a.speedup_ablation else []
+    jobs += [f"{m}@{v}" for m in a.methods for v in a.variants]
     runs, roof = run_rounds(a, jobs, device, sync)
     out = {"torch": torch.__version__, "device": device.type, "threads": a.threads, "batch": a.batch, "seq": a.seq,
            "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roof}
     rows = summarise(a, cfg, runs, out, notes)
+    for m in a.methods if a.paths_ab else []:
+        res = child(f"paths_ab@{m}", a, repeats=a.repeats)
+        if "error" in res:
+            notes.append(f"paths_ab@{m} failed: {res['error']}")
+            continue
+        for path, r in res.items():  # > 1: the path makes it faster; per-pair ratios, their median
+            for what, pre in (("training step", ""), ("eval forward", "eval_")):
+                pairs = [off / on for on, off in zip(r[f"{pre}on_s"], r[f"{pre}off_s"])]
+                out[f"{m}_{pre}pays_{path}"] = statistics.median(pairs)
+                print(f"{m}, speed path {path}, {what}: time off / on, median of {len(pairs)} alternating pairs "
+                      f"{statistics.median(pairs):.2f}x (pairs {', '.join(f'{x:.2f}' for x in pairs)})")
     if "lora" in a.methods and not a.no_infer:
         res = child("lora_infer", a, repeats=a.repeats)
         if "error" in res:

@@ -29,8 +29,9 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 import report  # noqa: E402
+from checkpoint import CHECKPOINT_NAME, atomic_write  # noqa: E402
 
 TRAIN_PY = os.path.join(ROOT, "train.py")
 # a grid cell's method is a registry method (methods.py: `--method NAME`) or one of these variants
@@ -102,7 +103,7 @@ def status(cell, root):
     d = cell.out_dir(root)
     if os.path.isfile(os.path.join(d, "summary.json")):
         return "done"
-    return "partial" if os.path.isfile(os.path.join(d, "checkpoint.safetensors")) else "todo"
+    return "partial" if os.path.isfile(os.path.join(d, CHECKPOINT_NAME)) else "todo"
 
 
 def run_grid(grid, root, jobs, device, threads):
@@ -193,10 +194,10 @@ def write_readme(readme, grid_name, blocks):
             print(f"note: {readme} has no <!-- grid:{grid_name}:{key} --> marker; block not written")
             continue
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-    tmp = readme + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, readme)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(readme, write)
     print(f"wrote {len(blocks)} block(s) into {readme}")
 
 
