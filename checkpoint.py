@@ -14,7 +14,7 @@ killed run never leaves half a file.
 Usage:
     save_peft(model, "runs/x", extra={"class_names": names}); load_peft(fresh_model, "runs/x")
     ckpt = prepare_out_dir(out, resume, overwrite, config)   # None, or the state to resume from
-    save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, wall_s)
+    save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, detector, wall_s)
 """
 
 import json
@@ -237,16 +237,16 @@ def prepare_out_dir(out, resume, overwrite, config):
     return None
 
 
-def save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, wall_s):
+def save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, detector, wall_s):
     """Everything --resume needs after `epoch`, in out/checkpoint.safetensors."""
     save_state(os.path.join(out, CHECKPOINT_NAME), {
         "config": config, "epoch": epoch, "history": history, "sample_losses": sample_losses,
         "trainable": {k: v for k, v in model.named_parameters() if v.requires_grad},
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-        "router": hooks.state_dict(), "wall_s": wall_s})
+        "router": hooks.state_dict(), "detector": detector.state_dict(), "wall_s": wall_s})
 
 
-def restore(state, model, opt, sched, hooks):
+def restore(state, model, opt, sched, hooks, detector):
     """(history, per-epoch sample losses, first epoch to run, wall seconds so far); a fresh start for None."""
     if state is None:
         return [], [], 0, 0.0
@@ -255,4 +255,5 @@ def restore(state, model, opt, sched, hooks):
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     hooks.load_state_dict(state["router"])
+    detector.load_state_dict({k: None if v is None else v.numpy() for k, v in state["detector"].items()})
     return state["history"], [t.numpy() for t in state["sample_losses"]], state["epoch"] + 1, state["wall_s"]

@@ -13,6 +13,7 @@ import torch
 
 import data
 import dist
+from mixture import detector_metrics
 from model import mean_pool
 
 
@@ -37,11 +38,13 @@ def predict(model, token_ids, batch_size, device, autocast, hooks, pad_to=None, 
     return dist.gather_rows(out, filled, device)
 
 
-def epoch_metrics(test_pred, test_labels, train_logits, observed, true, hooks):
-    """Test accuracy, memorisation on the training set, and the method's own metrics
-    (hooks.epoch_metrics): everything that is scored against true labels."""
+def epoch_metrics(test_pred, test_labels, train_logits, observed, true, hooks, fit):
+    """Test accuracy, memorisation on the training set, the clean-sample detector's separation
+    (fit: this epoch's mixture.DetectorFit) and the method's own metrics (hooks.epoch_metrics):
+    everything that is scored against true labels."""
     return {"test_acc": float((test_pred == test_labels).mean()),
-            **memorisation(train_logits.argmax(1), observed, true), **hooks.epoch_metrics(observed, true)}
+            **memorisation(train_logits.argmax(1), observed, true), **detector_metrics(fit, observed, true),
+            **hooks.epoch_metrics(observed, true)}
 
 
 def memorisation(pred, observed, true):

@@ -9,15 +9,16 @@ References:
 1) Dempster, Laird, Rubin 1977, "Maximum Likelihood from Incomplete Data via the EM
    Algorithm" - the EM iterations below.
 2) Arazo et al. 2019, "Unsupervised Label Noise Modeling and Loss Correction", ICML, and
-   Li et al. 2020, "DivideMix", ICLR, Sec. 3.1 - the loss mixture on min-max scaled losses.
+   Li et al. 2020, "DivideMix", ICLR, Sec. 3.1 - the two-component loss mixture.
 3) Kim, Kim, Lee 2024, "CleaR", ACL, Sec. 4.1 - w_i as the probability that routes sample i.
 
 Users: CleaR and LoRAMoE's clean/noisy sample types (routing.py), report.py's loss
 histogram.
 
 Usage:
-    w, gmm = clean_probability(train_logits, observed)   # (N,) clean probabilities, the mixture
-    auroc(w, observed == true)                           # how well w separates the truly clean
+    detector = LossDetector(ema=0.9)
+    fit = detector.update(train_logits, observed)   # every epoch: fit.clean_prob (N,), fit.gmm
+    detector_metrics(fit, observed, true)           # AUROC of w and of the loss, precision, recall
 """
 
 from dataclasses import dataclass
@@ -46,23 +47,40 @@ class GaussianMixture1D:
         return np.exp(lj[:, 0] - log_norm)
 
 
-def fit_gmm(x, iters=100, tol=1e-6, var_floor=1e-4):
-    """EM for two 1-D Gaussians. Deterministic init at the 10th/90th percentiles; the
-    variance floor keeps a component from collapsing onto a single repeated value."""
-    x = np.asarray(x, dtype=np.float64)
-    spread = max(x.var(), var_floor)
-    gmm = GaussianMixture1D(means=np.percentile(x, [10, 90]).astype(np.float64),
-                            variances=np.full(2, spread), weights=np.full(2, 0.5))
-    prev = -np.inf
+REG_COVAR = 1e-6  # added to every variance, on the raw loss scale: scikit-learn's default, which the official code uses
+
+
+def two_means(x, iters=100):
+    """1-D k-means with k = 2 (Lloyd), from the 10th/90th percentiles: (boolean mask of the low cluster)."""
+    centres = np.percentile(x, [10, 90])
     for _ in range(iters):
+        low = x <= centres.mean()
+        if low.all() or not low.any():
+            break
+        new = np.array([x[low].mean(), x[~low].mean()])
+        if np.array_equal(new, centres):
+            break
+        centres = new
+    return x <= centres.mean()
+
+
+def fit_gmm(x, reg_covar=REG_COVAR, iters=100, tol=1e-6):
+    """EM for two 1-D Gaussians, regularised and started as scikit-learn's GaussianMixture is by
+    default: reg_covar added to each variance, responsibilities first from a 2-means split."""
+    x = np.asarray(x, dtype=np.float64)
+    resp = np.stack([two_means(x), ~two_means(x)], 1).astype(np.float64)  # (N, 2) hard start
+    if not resp[:, 1].any():  # every value equal: two copies of one component
+        resp = np.full((len(x), 2), 0.5)
+    prev, gmm = -np.inf, None
+    for _ in range(iters):
+        nk = resp.sum(0) + 1e-12                                # M-step
+        means = (resp * x[:, None]).sum(0) / nk
+        variances = (resp * (x[:, None] - means) ** 2).sum(0) / nk + reg_covar
+        weights = np.clip(nk / len(x), 1e-6, None)
+        gmm = GaussianMixture1D(means, variances, weights / weights.sum())
         lj = gmm.log_joint(x)                                   # E-step
         log_norm = np.logaddexp(lj[:, 0], lj[:, 1])
         resp = np.exp(lj - log_norm[:, None])                   # (N, 2) responsibilities
-        nk = resp.sum(0) + 1e-12                                # M-step
-        means = (resp * x[:, None]).sum(0) / nk
-        variances = np.maximum((resp * (x[:, None] - means) ** 2).sum(0) / nk, var_floor)
-        weights = np.clip(nk / len(x), 1e-6, None)
-        gmm = GaussianMixture1D(means, variances, weights / weights.sum())
         ll = log_norm.mean()
         if abs(ll - prev) < tol:
             break
@@ -71,23 +89,73 @@ def fit_gmm(x, iters=100, tol=1e-6, var_floor=1e-4):
     return GaussianMixture1D(gmm.means[order], gmm.variances[order], gmm.weights[order])
 
 
-def fit_loss_gmm(loss):
-    """Min-max normalise per-sample losses (as DivideMix does, so the GMM sees the same
-    scale every epoch) and fit the two Gaussians. Returns (normalised losses x, mixture)."""
-    x = (loss - loss.min()) / max(loss.max() - loss.min(), 1e-12)
-    return x, fit_gmm(x)
-
-
 def per_sample_loss(logits, labels):
     """Cross-entropy of each row of logits (N, K) against its label (N,), float32 as in training: (N,)."""
     return F.cross_entropy(torch.as_tensor(logits).float(), torch.as_tensor(labels), reduction="none").numpy()
 
 
-def clean_probability(train_logits, observed):
-    """CleaR's recipe (Sec. 4.1): per-sample CE on the observed label, the loss GMM, and
-    w_i = P(low-loss component | loss_i). Returns (w (N,), the fitted mixture)."""
-    x, gmm = fit_loss_gmm(per_sample_loss(train_logits, observed))
-    return gmm.posterior_low(x), gmm
+def clean_probability(loss):
+    """CleaR's w (Sec. 4.1): fit the mixture to the per-sample losses (N,) and take
+    P(low-loss component | loss_i), made non-increasing in the loss. A two-Gaussian posterior
+    is not monotone when the clean component is the narrower one: far below its mean the wide
+    component wins again, and the smallest losses would be called noisy. The envelope gives
+    each sample the highest posterior of any sample with a loss at least as large, so ranking
+    by w is ranking by the loss, up to ties. Returns (w (N,), the fitted mixture)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    gmm = fit_gmm(loss)
+    down = np.argsort(-loss, kind="stable")                     # largest loss first
+    w = np.empty(len(loss))
+    w[down] = np.maximum.accumulate(gmm.posterior_low(loss[down]))
+    return w, gmm
+
+
+@dataclass
+class DetectorFit:
+    """One epoch's detector output, per training sample."""
+    loss: np.ndarray      # (N,) cross-entropy on the observed label, this epoch
+    smoothed: np.ndarray  # (N,) its exponential moving average over epochs (= loss without smoothing)
+    clean_prob: np.ndarray  # (N,) w, from the mixture fitted to `smoothed`
+    gmm: GaussianMixture1D
+
+
+class LossDetector:
+    """The clean-sample detector of every run: each epoch's per-sample losses, smoothed as the
+    official CleaR adapter solver does (new = (1 - ema) * loss + ema * previous, kept across
+    epochs; ema 0 = no smoothing), then the mixture. CleaR gates with its w, LoRAMoE types
+    samples with it, and every method's metrics report how well it separates the truly noisy."""
+
+    def __init__(self, ema=0.9):
+        if not 0 <= ema < 1:
+            raise ValueError(f"--loss_ema must be in [0, 1), got {ema}")
+        self.ema, self.smoothed = ema, None
+
+    def update(self, train_logits, observed):
+        loss = per_sample_loss(train_logits, observed)
+        if self.smoothed is None or self.ema == 0:
+            self.smoothed = loss.astype(np.float64)
+        else:
+            self.smoothed = (1 - self.ema) * loss + self.ema * self.smoothed
+        w, gmm = clean_probability(self.smoothed)
+        return DetectorFit(loss, self.smoothed.copy(), w, gmm)
+
+    def state_dict(self):
+        return {"smoothed": self.smoothed}
+
+    def load_state_dict(self, state):
+        self.smoothed = state["smoothed"] if state["smoothed"] is None else np.asarray(state["smoothed"])
+
+
+def detector_metrics(fit, observed, true):
+    """How well the fit separates truly clean from truly noisy samples: AUROC of w and of the
+    (smoothed) loss itself, the share called clean (w > 0.5), precision and recall of that call."""
+    clean, called = np.asarray(observed) == np.asarray(true), fit.clean_prob > 0.5
+    return {
+        "det_auroc": auroc(fit.clean_prob, clean), "det_auroc_loss": auroc(-fit.smoothed, clean),
+        "det_called_clean": float(called.mean()),
+        "det_precision": float(clean[called].mean()) if called.any() else None,
+        "det_recall": float(called[clean].mean()) if clean.any() else None,
+        "det_means": fit.gmm.means.tolist(),
+    }
 
 
 def auroc(scores, positive):

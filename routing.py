@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import peft
-from mixture import auroc, clean_probability
+
 from model import linear_shapes
 from peft import setting
 
@@ -53,7 +53,8 @@ class Routing:
         extra_losses(logits, batch)     -> {name: scalar tensor}, added to the loss, logged as train_<name>
         loss(logits, batch)             -> (loss, extra_losses): cross-entropy on the observed label
                                            plus the extras; override to select or reweight samples
-        end_epoch(epoch, train_logits, observed) -> refit per-sample state after the training-set pass
+        end_epoch(epoch, train_logits, observed, fit) -> refit per-sample state after the training-set
+                                           pass; fit: that epoch's mixture.DetectorFit (clean_prob w)
         epoch_metrics(observed, true)   -> {name: value}: the one hook that sees the true labels
 
     A batch (data.Batch) holds input_ids, attention_mask, index and the observed label: no
@@ -74,7 +75,7 @@ class Routing:
         extra = self.extra_losses(logits, batch)
         return F.cross_entropy(logits.float(), batch.label) + sum(extra.values()), extra
 
-    def end_epoch(self, epoch, train_logits, observed):
+    def end_epoch(self, epoch, train_logits, observed, fit):
         pass
 
     def epoch_metrics(self, observed, true):
@@ -116,8 +117,6 @@ class ClearRouting(Routing):
     extra. Unlike the official code, the model goes back to train mode after that pass,
     and every PEFT kind is gated per sample and per layer."""
 
-    summary_keys = ("gmm_auroc",)
-
     def __init__(self, num_train, num_layers, cfg, warmup_epochs=3):
         if cfg.base_rate is None or not 0 < cfg.base_rate <= 1:
             raise RoutingError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
@@ -126,7 +125,6 @@ class ClearRouting(Routing):
         self.cfg, self.num_layers, self.warmup_epochs = cfg, num_layers, warmup_epochs
         self.clean_prob = torch.ones(num_train)  # w_i; 1 during warm-up, so gates ~ Bernoulli(r)
         self.teacher = None                      # (N, K) logits of the last training-set pass
-        self.last_fit = None                     # (w, mixture) of the last end_epoch, for the metrics
 
     def gate_prob(self, index):
         """(B,) probability r * w_i that sample i's PEFT modules are on in any one layer."""
@@ -156,26 +154,19 @@ class ClearRouting(Routing):
         kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
         return {"consistency": self.cfg.consistency_weight * kl}
 
-    def end_epoch(self, epoch, train_logits, observed):
-        """Fit the loss mixture on the training-set pass; from the end of warm-up on, use it."""
-        self.last_fit = clean_probability(train_logits, observed)
+    def end_epoch(self, epoch, train_logits, observed, fit):
+        """From the end of warm-up on, gate with the detector's clean probabilities (mixture.py)."""
         if epoch + 1 >= self.warmup_epochs:  # epochs count from 0: warm-up covers 0 .. W-1
-            self.clean_prob = torch.as_tensor(self.last_fit[0], dtype=torch.float32)
+            self.clean_prob = torch.as_tensor(fit.clean_prob, dtype=torch.float32)
             self.teacher = torch.as_tensor(train_logits).float()
 
     def epoch_metrics(self, observed, true):
-        """How well the last fit separates the truly clean from the truly noisy, and the gate rates."""
-        w, gmm = self.last_fit
-        clean, pred_clean = observed == true, w > 0.5
+        """The mean gate rate r * w of truly clean and truly noisy samples (the detector's own
+        figures are every method's, evaluation.epoch_metrics)."""
+        clean = observed == true
         gate = self.cfg.base_rate * self.clean_prob.numpy()
-        return {
-            "gmm_auroc": auroc(w, clean),
-            "gmm_precision": float(clean[pred_clean].mean()) if pred_clean.any() else None,
-            "gmm_recall": float(pred_clean[clean].mean()) if clean.any() else None,
-            "gmm_means": gmm.means.tolist(),
-            "gate_rate_clean": float(gate[clean].mean()) if clean.any() else None,
-            "gate_rate_noisy": float(gate[~clean].mean()) if (~clean).any() else None,
-        }
+        return {"gate_rate_clean": float(gate[clean].mean()) if clean.any() else None,
+                "gate_rate_noisy": float(gate[~clean].mean()) if (~clean).any() else None}
 
     def state_dict(self):
         return {"clean_prob": self.clean_prob, "teacher": self.teacher}
@@ -287,8 +278,11 @@ class LoRAMoEConfig:
 def balance_loss(route, mask, types, delta, beta):
     """Localized balancing constraint (Dou et al. 2024, Sec. 3.2) for one wrapped linear.
     route (B, T, N) routing weights; mask (B, T) 1 = real token; types (B,) 0/1 or None.
-    Q[m, i] = sum of g_i over sample m's real tokens (the official code also counts padding);
-    loss = beta * Var(C * Q) / Mean(C * Q)^2 over all B*N entries, population variance.
+    Q[m, i] = the mean of g_i over sample m's real tokens; loss = beta * Var(C * Q) / Mean(C * Q)^2
+    over all B*N entries, population variance. The paper sums over tokens (and the official
+    code over padding too, at batch size 1): summed over a batch of mixed lengths, the loss
+    is minimised by moving mass between samples, and samples much shorter than the batch
+    mean end up served by the wrong group. The mean makes every sample weigh the same.
 
     Direction: the minimum makes C * Q equal, so experts with the *smaller* coefficient get
     *more* mass. Group 0 = experts [0, N//2), group 1 = the rest. We set C = 1 - delta where
@@ -296,7 +290,8 @@ def balance_loss(route, mask, types, delta, beta):
     elsewhere, so clean samples (type 0) are served by group 0 and suspected-noisy ones
     (type 1) by group 1; at the optimum the serving group holds (1 + delta) / 2 of a
     sample's mass. types None: C = 1, plain balance over all experts."""
-    Q = (route * mask[..., None].to(route.dtype)).sum(1)  # (B, N)
+    m = mask[..., None].to(route.dtype)                                  # (B, T, 1)
+    Q = (route * m).sum(1) / m.sum(1).clamp_min(1)                       # (B, N), rows sum to 1
     Z = Q
     if types is not None:
         group = (torch.arange(Q.size(1), device=Q.device) >= Q.size(1) // 2).long()  # (N,)
@@ -322,7 +317,7 @@ class LoRAMoERouting(Routing):
         self.share0 = torch.zeros(num_train, dtype=torch.float64)  # per sample: sum of group 0's shares
         self.visits = torch.zeros(num_train, dtype=torch.float64)  # and how many steps saw it
         self.loss_sum, self.steps = 0.0, 0
-        self.last = None  # (share0, visits, balance, w) of the last finished epoch, for the metrics
+        self.last = None  # (share0, visits, balance) of the last finished epoch, for the metrics
 
     def extra_losses(self, logits, batch):
         if any(m.last_route is None for m in self.modules):
@@ -341,27 +336,23 @@ class LoRAMoERouting(Routing):
         self.loss_sum, self.steps = self.loss_sum + float(loss.detach()), self.steps + 1
         return {"balance": loss}
 
-    def end_epoch(self, epoch, train_logits, observed):
-        w = None
-        if self.cfg.moe_types == "clean":  # the same clean probability CleaR uses
-            w, _ = clean_probability(train_logits, observed)
-            if epoch + 1 >= self.warmup_epochs:  # the new types apply from the next epoch on
-                self.types, self.typed = torch.as_tensor(w < 0.5).long(), True
+    def end_epoch(self, epoch, train_logits, observed, fit):
+        if self.cfg.moe_types == "clean" and epoch + 1 >= self.warmup_epochs:  # the detector CleaR uses
+            self.types, self.typed = torch.as_tensor(fit.clean_prob < 0.5).long(), True  # from the next epoch on
         balance = self.loss_sum / self.steps if self.steps else None
-        self.last = (self.share0.numpy(), self.visits.numpy(), balance, w)
+        self.last = (self.share0.numpy(), self.visits.numpy(), balance)
         self.share0, self.visits = torch.zeros_like(self.share0), torch.zeros_like(self.visits)
         self.loss_sum, self.steps = 0.0, 0
 
     def epoch_metrics(self, observed, true):
-        share0, visits, balance, w = self.last
+        share0, visits, balance = self.last
         m = {}
         for kind, rows in (("clean", observed == true), ("noisy", observed != true)):
             n = visits[rows].sum()
             g0 = float(share0[rows].sum() / n) if n else None
             m[f"moe_g0_{kind}"], m[f"moe_g1_{kind}"] = g0, (None if g0 is None else 1 - g0)
         m["moe_balance"] = balance
-        if w is not None:
-            m["moe_gmm_auroc"] = auroc(w, observed == true)
+        if self.cfg.moe_types == "clean":
             m["moe_typed_noisy"] = float(self.types.float().mean())
         return m
 
@@ -463,7 +454,7 @@ class MatchRouting(Routing):
             self.mixes.append((batch.index.cpu(), self.head.last_mix.cpu()))  # (B,), (B, B) detached
         return {}
 
-    def end_epoch(self, epoch, train_logits, observed):
+    def end_epoch(self, epoch, train_logits, observed, fit):
         self.last, self.mixes = self.mixes, []
 
     def epoch_metrics(self, observed, true):

@@ -39,7 +39,7 @@ import peft
 import routing
 import speedups
 from evaluation import epoch_metrics, predict, sentence_embeddings
-from mixture import per_sample_loss
+from mixture import LossDetector
 from model import Classifier, ModelLoadError, count_params, load_pretrained
 
 class RunError(RuntimeError):
@@ -73,6 +73,9 @@ def parse_args(argv=None):
                    help="stratified subsample of N test examples (the same for every seed)")
     p.add_argument("--warmup_epochs", type=int, default=3, help="epochs before a loss-mixture router (CleaR, "
                    "LoRAMoE --moe_types clean) starts using the mixture")
+    p.add_argument("--loss_ema", type=float, default=0.9, help="the clean-sample detector fits its mixture to an "
+                   "exponential moving average of each sample's loss, this weight on the previous value (the "
+                   "official CleaR adapter code's 0.9; 0 = this epoch's loss alone)")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, initialisation, dropout and batch order")
     p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>-<method>-<noise><rate>-s<seed>)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
@@ -105,8 +108,9 @@ def finalize(args):
     for name, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_len", 2)):
         if getattr(args, name) < low:
             raise RunError(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    if not 0 <= args.dropout < 1:
-        raise RunError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for name in ("dropout", "loss_ema"):
+        if not 0 <= getattr(args, name) < 1:
+            raise RunError(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     peft.kind_config(kind, vars(args))  # the settings are checked now, before anything is loaded
     method.config(args)
     if args.lr is None:
@@ -185,12 +189,12 @@ def run(args):
 
     model.to(device)
     model.encoder.grad_checkpointing = args.grad_checkpointing
-    hooks = build_hooks(args, model, len(true))
+    hooks, detector = build_hooks(args, model, len(true)), LossDetector(args.loss_ema)
     log(f"{args.method}: {peft.param_summary(model)}" + (f"; {world} ranks" if world > 1 else ""))
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
     steps = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0)))
     opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs)
-    history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, opt, sched, hooks)
+    history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, opt, sched, hooks, detector)
     if ckpt is not None:
         log(f"resumed from {args.out} after epoch {start_epoch}")
     if main_rank:
@@ -211,20 +215,21 @@ def run(args):
         stats = engine.train_epoch(forward, model, hooks, batches, opt, sched, args.grad_clip, autocast, device,
                                    steps, bar)
         test_logits, train_logits = evaluate(test_ids), evaluate(train_ids)  # one pass serves every metric
-        hooks.end_epoch(epoch, train_logits, observed)
+        fit = detector.update(train_logits, observed)  # clean probabilities from the (smoothed) losses
+        hooks.end_epoch(epoch, train_logits, observed, fit)
         train_pass_s = stats.pop("train_pass_s")
         m = {"epoch": epoch + 1, **stats,
-             **epoch_metrics(test_logits.argmax(1), ds.test.labels, train_logits, observed, true, hooks),
+             **epoch_metrics(test_logits.argmax(1), ds.test.labels, train_logits, observed, true, hooks, fit),
              "lr": sched.get_last_lr()[0], "train_pass_s": train_pass_s, "epoch_s": time.time() - t0}
         history.append(m)
-        sample_losses.append(per_sample_loss(train_logits, observed))
+        sample_losses.append(fit.loss)
         mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
         log(f"epoch {epoch + 1}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.4f}, "
             f"train clean acc {m['train_clean_acc']:.4f}{mem}")
         if main_rank:
             write_metrics(args.out, [m], "a")
             checkpoint.save_training_state(args.out, vars(args), epoch, history, sample_losses, model, opt, sched,
-                                           hooks, wall_before + time.time() - t_start)
+                                           hooks, detector, wall_before + time.time() - t_start)
 
     dist.barrier()  # every rank has finished before rank 0 writes the results
     if not main_rank:
@@ -271,6 +276,7 @@ def summarise(args, history, hooks, report, model, num_test, device, world, wall
         "num_classes": len(report["class_counts"]), "trainable_params": trainable, "total_params": total,
         "wall_s": wall_s, "samples_per_s": len(history) * report["num_samples"] / train_s if train_s else None,
         "peak_mem_mb": peak_mb, "device": device.type, "ranks": world,
+        "det_auroc": last["det_auroc"], "det_auroc_loss": last["det_auroc_loss"],
         **{k: last[k] for k in hooks.summary_keys if k in last}, "config": vars(args),
     }
 

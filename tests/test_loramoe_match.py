@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import mixture
 import peft
 from conftest import TINY_CONFIG, tiny_classifier
 from data import Batch
@@ -143,7 +144,7 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
         loss.backward()
         opt.step()
     assert loss < 1e-4
-    router.end_epoch(0, torch.zeros(B, 2).numpy(), observed)
+    router.end_epoch(0, torch.zeros(B, 2).numpy(), observed, None)
     m = router.epoch_metrics(observed, true)
     share0 = layer.last_route[..., :2].sum(-1).mean(1)  # (B,) group 0's share per sample
     torch.testing.assert_close(share0[types == 0], torch.full((B // 2,), (1 + delta) / 2), rtol=0, atol=0.01)
@@ -166,16 +167,17 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
     with torch.no_grad():
         model(b.input_ids, b.attention_mask)
     router.extra_losses(None, b)
-    router.end_epoch(0, logits.numpy(), observed)
+    fit = mixture.LossDetector(0).update(logits.numpy(), observed)
+    router.end_epoch(0, logits.numpy(), observed, fit)
     m = router.epoch_metrics(observed, true)
     assert not router.typed and m["moe_balance"] > 0
     assert m["moe_g0_noisy"] is not None and m["moe_g0_clean"] is None  # the truth comes from epoch_metrics
-    router.end_epoch(0, logits.numpy(), observed)
+    router.end_epoch(0, logits.numpy(), observed, fit)
     assert router.epoch_metrics(observed, true)["moe_g0_clean"] is None  # accumulators reset
-    router.end_epoch(1, logits.numpy(), observed)
+    router.end_epoch(1, logits.numpy(), observed, fit)
     m = router.epoch_metrics(observed, true)
     assert router.typed and router.types[:10].eq(1).all() and router.types[10:].eq(0).all()
-    assert m["moe_gmm_auroc"] == 1.0 and m["moe_typed_noisy"] == 0.25
+    assert m["moe_typed_noisy"] == 0.25 and mixture.detector_metrics(fit, observed, true)["det_auroc"] == 1.0
     fresh = LoRAMoERouting(model, n, cfg, warmup_epochs=2)
     fresh.load_state_dict(router.state_dict())
     assert fresh.typed and torch.equal(fresh.types, router.types)
@@ -263,12 +265,38 @@ def test_match_routing_statistics():
     observed, true = torch.tensor([0, 0, 1]).numpy(), torch.tensor([0, 1, 1]).numpy()
     b = Batch(None, None, torch.arange(3), torch.as_tensor(observed))
     assert router.extra_losses(None, b) == {}
-    router.end_epoch(0, None, observed)
+    router.end_epoch(0, None, observed, None)
     m = router.epoch_metrics(observed, true)
     assert m["match_diag"] == pytest.approx((0.5 + 0.6 + 0.6) / 3)
     assert m["match_same_label"] == pytest.approx((0.3 + 0.1 + 0.0) / 3)   # observed labels 0, 0, 1
     assert m["match_diff_label"] == pytest.approx((0.2 + 0.3 + 0.4) / 3)
     assert m["match_same_true"] == pytest.approx((0.0 + 0.3 + 0.2) / 3)    # true labels 0, 1, 1
     assert m["match_diff_true"] == pytest.approx((0.5 + 0.1 + 0.2) / 3)
-    router.end_epoch(1, None, observed)
+    router.end_epoch(1, None, observed, None)
     assert router.epoch_metrics(observed, true)["match_diag"] is None   # reset each epoch
+
+
+def test_balance_sends_every_sample_to_its_group_whatever_its_length():
+    """Samples of 6 to 60 tokens, all of type 0 (clean), the balance loss alone minimised with
+    Adam: each sample must end with more than half of its mass in group 0. With importance
+    summed over tokens (the code before the fix) a third of them ended below half - short
+    samples pushed to the wrong group to even out the long ones."""
+    torch.manual_seed(0)
+    B, T, C = 32, 60, 8
+    lengths = torch.linspace(6, 60, B).long()
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    layer = LoRAMoELinear(Linear(C, 4), n_experts=4, r=2, alpha=4, dropout=0.0)
+    x = torch.randn(B, T, C)
+    router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=0.1, moe_beta=1.0))
+    router.types, router.typed = torch.zeros(B, dtype=torch.long), True
+    batch = Batch(torch.zeros(B, T, dtype=torch.long), mask, torch.arange(B), torch.zeros(B, dtype=torch.long))
+    opt = torch.optim.Adam([layer.router_weight], lr=0.05)
+    for _ in range(300):
+        layer(x)
+        loss = router.extra_losses(None, batch)["balance"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    route = layer.last_route.detach()
+    share0 = (route[..., :2].sum(-1) * mask).sum(1) / mask.sum(1)  # (B,) group 0's share of real tokens
+    assert (share0 > 0.5).all(), share0

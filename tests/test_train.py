@@ -155,7 +155,7 @@ def test_saved_run_reloads_to_the_same_accuracy(tiny_model_dir, tiny_dataset, tm
                                   "--lr", "1e-2" if method != "full" else "1e-3", *extra))
     assert (tmp_path / "peft.safetensors").exists() and (tmp_path / "peft_config.json").exists()
     logged = read_metrics(tmp_path)[-1]
-    for key in {"loramoe": ["moe_g0_clean", "moe_balance", "train_balance"], "clear": ["gmm_auroc", "gate_rate_noisy"],
+    for key in {"loramoe": ["moe_g0_clean", "moe_balance", "train_balance"], "clear": ["det_auroc", "gate_rate_noisy"],
                 "match": ["match_diag", "match_same_label"]}.get(method, []):
         assert logged[key] is not None, key
     result = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])

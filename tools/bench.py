@@ -49,6 +49,7 @@ import peft  # noqa: E402  ours; hf_step swaps in the peft package of the same n
 import routing  # noqa: E402
 import speedups  # noqa: E402
 import train  # noqa: E402
+from mixture import LossDetector  # noqa: E402
 from model import BertConfig, ModelLoadError, default_model_dir, load_tokenizer  # noqa: E402
 
 METHODS = tuple(methods.names())
@@ -152,8 +153,9 @@ def our_step(method, a, autocast, batch, compiled, checkpointing=False, paths=sp
     hooks = train.build_hooks(targs, model, NUM_TRAIN)
     # as after warm-up: a mixture router's clean probabilities and teacher come from one refit
     g = torch.Generator().manual_seed(1)
-    hooks.end_epoch(targs.warmup_epochs - 1, torch.randn(NUM_TRAIN, NUM_CLASSES, generator=g).numpy(),
-                    np.random.default_rng(1).integers(0, NUM_CLASSES, NUM_TRAIN))
+    logits = torch.randn(NUM_TRAIN, NUM_CLASSES, generator=g).numpy()
+    observed = np.random.default_rng(1).integers(0, NUM_CLASSES, NUM_TRAIN)
+    hooks.end_epoch(targs.warmup_epochs - 1, logits, observed, LossDetector(0).update(logits, observed))
     return make_step(model, torch.compile(model) if compiled else model, hooks, targs, batch, autocast)
 
 

@@ -162,7 +162,7 @@ def readme_blocks(grid, root, assets):
         runs = finished_runs(grid, root, dataset=dataset, method=MAIN_METHODS)
         if not runs:
             continue
-        blocks[f"table-{dataset}"] = report.table(runs, ["gmm_auroc"])
+        blocks[f"table-{dataset}"] = report.table(runs, ["det_auroc"])
         main = finished_runs(grid, root, dataset=dataset, rate=0.4, method=["lora", "clear", "full"])
         if main:
             path = os.path.join(assets, f"memorisation_{dataset}.png")
@@ -225,7 +225,7 @@ def main(argv=None):
                           args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
     runs = finished_runs(grid, args.runs)
     if runs:
-        print(report.table(runs, ["gmm_auroc"]))
+        print(report.table(runs, ["det_auroc"]))
     if args.write_readme:
         write_readme(args.readme, args.grid, readme_blocks(grid, args.runs, args.assets))
     return 1 if failed else 0

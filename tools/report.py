@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, one folder up
 import methods  # noqa: E402
-from mixture import fit_loss_gmm  # noqa: E402
+from mixture import fit_gmm  # noqa: E402
 
 
 def load_runs(dirs):
@@ -135,22 +135,23 @@ def plot_curves(runs, keys, path, ylabel):
 
 
 def plot_gmm(run_dir, epoch, path):
-    """Histogram of one epoch's per-sample losses (min-max normalised, as CleaR fits them),
+    """Histogram of one epoch's per-sample losses (raw, the scale the mixture is fitted on),
     coloured by truly clean / truly noisy, with the two fitted Gaussians on top."""
     plt = pyplot()
     d = np.load(os.path.join(run_dir, "per_sample.npz"))
-    x, gmm = fit_loss_gmm(d["loss"][epoch - 1])
+    x = d["loss"][epoch - 1]  # the epoch's raw losses; the run's own mixture was fitted to their moving average
+    gmm = fit_gmm(x)
     clean = d["observed"] == d["true"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, x.max(), 41)
     ax.hist([x[clean], x[~clean]], bins=bins, stacked=True, density=False, color=["tab:blue", "tab:red"],
             label=[f"truly clean ({clean.sum()})", f"truly noisy ({(~clean).sum()})"])
-    grid = np.linspace(0, 1, 400)
+    grid = np.linspace(0, x.max(), 400)
     width = bins[1] - bins[0]
     for k, name in enumerate(("clean component", "noisy component")):
         pdf = np.exp(-0.5 * (grid - gmm.means[k]) ** 2 / gmm.variances[k]) / np.sqrt(2 * np.pi * gmm.variances[k])
         ax.plot(grid, len(x) * width * gmm.weights[k] * pdf, lw=2, color=["navy", "darkred"][k], label=name)
-    ax.set_xlabel("normalised training loss on the observed label")
+    ax.set_xlabel("training loss on the observed label")
     ax.set_ylabel("samples")
     cfg = json.load(open(os.path.join(run_dir, "summary.json")))["config"]
     ax.set_title(f"{methods.label(cfg)}, {cfg['noise']} {cfg['noise_rate']:g}, after epoch {epoch}", fontsize=10)
