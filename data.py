@@ -268,6 +268,23 @@ def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
     return TextData(path.name, class_names, train, test, notes)
 
 
+def validation_split(observed: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask (N,) of a validation share of the training split *after* noise: stratified by
+    the observed labels (the only labels a user has), drawn with the run's seed. It carries the
+    same noise as the rest, so it is the data a user could select epochs and settings with."""
+    observed = np.asarray(observed)
+    mask = np.zeros(len(observed), dtype=bool)
+    if fraction == 0:
+        return mask
+    if not 0 < fraction < 1:
+        raise DataError(f"--val_fraction must be in [0, 1), got {fraction}")
+    n = max(len(np.unique(observed)), round(fraction * len(observed)))
+    if n >= len(observed):
+        raise DataError(f"--val_fraction {fraction} leaves no training examples out of {len(observed)}")
+    mask[_stratified_pick(observed, n, np.random.default_rng([seed, 1]))] = True
+    return mask
+
+
 def _stratified_subsample(data: TextData, part: str, n: int, seed: int, how: str) -> Split:
     """A class-proportional subset of n examples of data.train or data.test (noted in data.notes)."""
     split, k = getattr(data, part), len(data.class_names)

@@ -57,7 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--test_file", default=None, help="test file for a user dataset (else a seeded 20%% split)")
     p.add_argument("--model", default=None, help="BERT directory (config.json, model.safetensors, tokenizer.json); "
                                                 "default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--noise", choices=noise.NOISE_KINDS, default="sym", help="label-noise model for the training split")
+    p.add_argument("--noise", choices=noise.NOISE_KINDS, default="sym",
+                   help="label noise on the training split (noise.py): sym flips exactly a share r of the labels to "
+                        "another class; sym-incl (the CleaR code's) redraws r of them from all K classes, so only "
+                        "r(K-1)/K change - r/2 on two classes; asym i -> i+1 with probability r; idn per-sample "
+                        "rates (Xia et al. 2020; on two classes the flip target cannot depend on the text). The "
+                        "realised flip rate is printed and saved")
     p.add_argument("--noise_rate", type=float, default=0.4, help="noise rate r in [0, 1)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size")
@@ -71,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--max_train", type=int, default=None, help="stratified, seeded subsample of N training examples")
     p.add_argument("--max_test", type=int, default=None,
                    help="stratified subsample of N test examples (the same for every seed)")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="share of the noisy training split held out "
+                   "as validation data (same noise; stratified by observed label) to select the epoch with; "
+                   "0 = none")
     p.add_argument("--warmup_epochs", type=int, default=3, help="epochs before a loss-mixture router (CleaR, "
                    "LoRAMoE --moe_types clean) starts using the mixture")
     p.add_argument("--loss_ema", type=float, default=0.9, help="the clean-sample detector fits its mixture to an "
@@ -156,7 +164,8 @@ def pick_device(name):
 
 
 def noisy_split(args, ds, model, tokenizer, device, log):
-    """(train token ids, test token ids, true train labels, observed train labels, noise report)."""
+    """Token ids and labels of the noisy training split, minus a noisy validation share:
+    ((train ids, true, observed), (val ids, true, observed), test ids, noise report of the training part)."""
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
     test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
     true, K = ds.train.labels, len(ds.class_names)
@@ -164,12 +173,15 @@ def noisy_split(args, ds, model, tokenizer, device, log):
     if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
         features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
     observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
-    report = noise.noise_report(true, observed, K)
-    log(f"data: {ds.name}, {len(true)} train / {len(ds.test.labels)} test, {K} classes; "
-        f"noise {args.noise} r={args.noise_rate}: realised flip rate {report['realized_rate']:.3f}")
+    is_val = data.validation_split(observed, args.val_fraction, args.seed)
+    part = lambda keep: ([train_ids[i] for i in np.flatnonzero(keep)], true[keep], observed[keep])
+    train, val = part(~is_val), part(is_val)
+    report = noise.noise_report(train[1], train[2], K)
+    log(f"data: {ds.name}, {len(train[1])} train / {len(val[1])} noisy validation / {len(ds.test.labels)} test, "
+        f"{K} classes; noise {args.noise} r={args.noise_rate}: realised flip rate {report['realized_rate']:.3f}")
     for note in ds.notes:
         log(f"data: {note}")
-    return train_ids, test_ids, true, observed, report
+    return train, val, test_ids, report
 
 
 def run(args):
@@ -185,7 +197,7 @@ def run(args):
     if min(len(ds.train.texts), len(ds.test.texts)) < world:
         raise RunError(f"{min(len(ds.train.texts), len(ds.test.texts))} examples cannot be shared by {world} ranks")
     ckpt = open_out_dir(args, main_rank)  # only now, so that bad settings or files lose nothing
-    train_ids, test_ids, true, observed, report = noisy_split(args, ds, model, tokenizer, device, log)
+    (train_ids, true, observed), val, test_ids, report = noisy_split(args, ds, model, tokenizer, device, log)
 
     model.to(device)
     model.encoder.grad_checkpointing = args.grad_checkpointing
@@ -215,11 +227,13 @@ def run(args):
         stats = engine.train_epoch(forward, model, hooks, batches, opt, sched, args.grad_clip, autocast, device,
                                    steps, bar)
         test_logits, train_logits = evaluate(test_ids), evaluate(train_ids)  # one pass serves every metric
+        val_pred = evaluate(val[0]).argmax(1) if len(val[0]) else None
         fit = detector.update(train_logits, observed)  # clean probabilities from the (smoothed) losses
         hooks.end_epoch(epoch, train_logits, observed, fit)
         train_pass_s = stats.pop("train_pass_s")
         m = {"epoch": epoch + 1, **stats,
-             **epoch_metrics(test_logits.argmax(1), ds.test.labels, train_logits, observed, true, hooks, fit),
+             **epoch_metrics(test_logits.argmax(1), ds.test.labels, train_logits, observed, true, hooks, fit,
+                             val_pred, *val[1:]),
              "lr": sched.get_last_lr()[0], "train_pass_s": train_pass_s, "epoch_s": time.time() - t0}
         history.append(m)
         sample_losses.append(fit.loss)
@@ -240,8 +254,10 @@ def run(args):
     summary = summarise(args, history, hooks, report, model, len(test_ids), device, world,
                         wall_before + time.time() - t_start)
     checkpoint.write_json(os.path.join(args.out, "summary.json"), summary)
-    print(f"done: best test acc {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}), "
-          f"last {summary['last_test_acc']:.4f}; results in {args.out}")
+    chosen = "" if summary["selected_epoch"] is None else \
+        f"selected on noisy validation {summary['selected_test_acc']:.4f} (epoch {summary['selected_epoch']}), "
+    print(f"done: test acc {chosen}best {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}, an "
+          f"oracle), last {summary['last_test_acc']:.4f}; results in {args.out}")
     return summary
 
 
@@ -267,9 +283,13 @@ def summarise(args, history, hooks, report, model, num_test, device, world, wall
     else:  # ru_maxrss is in KiB on Linux
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     accs, last = [m["test_acc"] for m in history], history[-1]
+    val = [m["val_acc"] for m in history]
+    selected = int(np.argmax(val)) if None not in val else None  # the first epoch with the best noisy-val accuracy
     trainable, total = count_params(model)
     train_s = sum(m["train_pass_s"] for m in history)
     return {
+        "selected_test_acc": None if selected is None else accs[selected],
+        "selected_epoch": None if selected is None else selected + 1,
         "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "last_test_acc": accs[-1],
         "noisy_memorized": last["noisy_memorized"], "train_clean_acc": last["train_clean_acc"],
         "realized_noise_rate": report["realized_rate"], "num_train": report["num_samples"], "num_test": num_test,

