@@ -30,13 +30,17 @@ def lr_lambda(warmup_steps, total_steps):
     return f
 
 
-def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps):
-    """AdamW over the trainable parameters (no decay on biases and LayerNorm gains), and its schedule."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overrides=None):
+    """AdamW over the trainable parameters (no decay on biases and LayerNorm gains), and its schedule.
+    lr_overrides {name prefix: peak lr}: parameters whose names start with a prefix get that rate."""
+    groups = {}  # (peak lr, weight decay) -> parameters
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.dim() < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            own = [v for k, v in (lr_overrides or {}).items() if name.startswith(k)]
+            key = (own[0] if own else lr, 0.0 if p.dim() < 2 else weight_decay)
+            groups.setdefault(key, []).append(p)
+    order = sorted(groups, key=lambda k: (k[0] != lr, k[1] == 0.0))  # the plain lr's decay group first, as before
+    groups = [{"params": groups[k], "lr": k[0], "weight_decay": k[1]} for k in order]
     try:  # one fused kernel for the whole update: ~5x faster optimizer step on this CPU (torch >= 2.4)
         opt = torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):

@@ -17,6 +17,7 @@ An entry declares:
     finalize(args)      defaults that depend on other flags, checked before anything is built
     build(model, args)  changes to the model after the PEFT kind is injected
     hooks(model, args, num_train) -> routing.Routing
+    lr_overrides(args)  {parameter-name prefix: peak learning rate} for parameters that want their own
     extra_params(bert)  parameters the method adds beyond its kind (closed form)
     label(cfg)          the name report.py prints for a run's config dict
 
@@ -66,6 +67,9 @@ class Method:
 
     def hooks(self, model, args, num_train):
         return routing.Routing()
+
+    def lr_overrides(self, args):
+        return {}
 
     def extra_params(self, bert):
         return 0
@@ -158,6 +162,9 @@ class Match(Method):
 
     def hooks(self, model, args, num_train):
         return routing.MatchRouting(model)
+
+    def lr_overrides(self, args):
+        return {} if args.match_lr is None else {"head.match_dense.": args.match_lr}
 
     def extra_params(self, bert):  # match_dense, hidden -> hidden
         return bert.hidden_size ** 2 + bert.hidden_size

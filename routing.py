@@ -374,6 +374,7 @@ class MatchConfig:
                                     "first guess from MiniLM [CLS] dot products, not yet tuned)")
     match_eval: str = setting("plain", "evaluation: plain z (batch-independent) or the in-batch mix",
                               choices=("plain", "mix"))
+    match_lr: float = setting(None, "peak learning rate of the new dense layer match_dense (default: --lr)")
 
     def __post_init__(self):
         if not self.match_tau > 0:

@@ -205,7 +205,8 @@ def run(args):
     log(f"{args.method}: {peft.param_summary(model)}" + (f"; {world} ranks" if world > 1 else ""))
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
     steps = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0)))
-    opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs)
+    opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs,
+                                        methods.get(args.method).lr_overrides(args))
     history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, opt, sched, hooks, detector)
     if ckpt is not None:
         log(f"resumed from {args.out} after epoch {start_epoch}")

@@ -300,3 +300,19 @@ def test_balance_sends_every_sample_to_its_group_whatever_its_length():
     route = layer.last_route.detach()
     share0 = (route[..., :2].sum(-1) * mask).sum(1) / mask.sum(1)  # (B,) group 0's share of real tokens
     assert (share0 > 0.5).all(), share0
+
+
+def test_match_dense_gets_its_own_learning_rate(tiny_model_dir):
+    import engine
+    import methods
+    import train
+    args = train.parse_args(["--method", "match", "--model", tiny_model_dir, "--max_len", "64", "--lr", "1e-3",
+                             "--match_lr", "5e-2"])
+    model, _ = train.build_model(args, K)
+    opt, _ = engine.build_optimizer(model, args.lr, 0.01, 0.1, 100, methods.get("match").lr_overrides(args))
+    dense = {id(p) for p in model.head.match_dense.parameters()}
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= dense if group["initial_lr"] == 5e-2 else not ids & dense  # (lr itself is warming up)
+    assert sum(len(g["params"]) for g in opt.param_groups if g["initial_lr"] == 5e-2) == 2  # weight and bias
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
