@@ -42,6 +42,9 @@ VARIANTS = {
     # sweeps of the two settings DESIGN leaves open: Match-Tuning's tau, LoRAMoE's learning rate
     **{f"match-tau{t:g}": ["--method", "match", "--peft", "lora", "--match_tau", f"{t:g}"] for t in (0.3, 1, 10)},
     "loramoe-lr2e-3": ["--method", "loramoe", "--lr", "2e-3"],
+    # the clean-sample detector: the per-sample loss EMA off (the default is the official 0.9)
+    "clear-ema0": ["--method", "clear", "--peft", "lora", "--loss_ema", "0"],
+    "lora-ema0": ["--method", "lora", "--loss_ema", "0"],
 }
 # a CPU-sized subset: stratified 1,000 train / 1,000 test examples, 64 tokens
 CPU_DATA = ["--max_train", "1000", "--max_test", "1000", "--max_len", "64"]
@@ -97,6 +100,9 @@ GRIDS = {
                    {"mr": ["--epochs", "10"], "20ng": ["--epochs", "10"]}),
 }
 GRIDS["r8"] = R8_CELLS
+# the detector's loss smoothing, on and off, for CleaR and for plain LoRA (whose runs show how detectable
+# the noise is): 1,000 mr snippets, sym 0.4, 2 seeds
+GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
 def status(cell, root):
