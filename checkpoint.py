@@ -241,7 +241,7 @@ def save_training_state(out, config, epoch, history, sample_losses, model, opt, 
     """Everything --resume needs after `epoch`, in out/checkpoint.safetensors."""
     save_state(os.path.join(out, CHECKPOINT_NAME), {
         "config": config, "epoch": epoch, "history": history, "sample_losses": sample_losses,
-        "trainable": {k: v for k, v in model.named_parameters() if v.requires_grad},
+        "trainable": peft_state_dict(model),  # the PEFT tensors + head, frozen ones too (--clear_freeze)
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
         "router": hooks.state_dict(), "detector": detector.state_dict(), "wall_s": wall_s})
 

@@ -21,16 +21,19 @@ from tqdm import tqdm
 import dist
 
 
-def lr_lambda(warmup_steps, total_steps):
-    """Linear warm-up to the peak, then linear decay to zero (Devlin et al. 2019, Sec. A.2)."""
+def lr_lambda(warmup_steps, total_steps, schedule="linear"):
+    """linear: warm-up to the peak, then linear decay to zero (Devlin et al. 2019, Sec. A.2);
+    constant: the peak from the first step to the last (the official CleaR code)."""
     def f(step):
+        if schedule == "constant":
+            return 1.0
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return f
 
 
-def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overrides=None):
+def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overrides=None, schedule="linear"):
     """AdamW over the trainable parameters (no decay on biases and LayerNorm gains), and its schedule.
     lr_overrides {name prefix: peak lr}: parameters whose names start with a prefix get that rate."""
     groups = {}  # (peak lr, weight decay) -> parameters
@@ -46,7 +49,7 @@ def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overr
     except (RuntimeError, TypeError):
         opt = torch.optim.AdamW(groups, lr=lr)
     warmup = int(warmup_ratio * total_steps)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps, schedule))
 
 
 def train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast):

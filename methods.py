@@ -128,7 +128,7 @@ class Clear(Method):
 
     def hooks(self, model, args, num_train):
         L = model.encoder.config.num_hidden_layers
-        return routing.ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs)
+        return routing.ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
 
     def label(self, cfg):
         return f"clear ({cfg['peft']})"

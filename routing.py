@@ -106,6 +106,8 @@ class ClearConfig:
                                     "(official code), all on, or their expected value r (default: expected, best "
                                     "measured, see README; with --eval_only: the saved run's mode unless given)",
                               choices=CLEAR_EVAL_MODES)
+    clear_freeze: bool = setting(False, "ablation: stop training the PEFT modules after warm-up (the head goes on) - "
+                                        "what the official LoRA code does by accident (loralib merges on eval())")
 
 
 class ClearRouting(Routing):
@@ -117,12 +119,14 @@ class ClearRouting(Routing):
     extra. Unlike the official code, the model goes back to train mode after that pass,
     and every PEFT kind is gated per sample and per layer."""
 
-    def __init__(self, num_train, num_layers, cfg, warmup_epochs=3):
+    def __init__(self, num_train, num_layers, cfg, warmup_epochs=3, model=None):
         if cfg.base_rate is None or not 0 < cfg.base_rate <= 1:
             raise RoutingError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
         if cfg.clear_eval not in CLEAR_EVAL_MODES:
             raise RoutingError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.clear_eval!r}")
-        self.cfg, self.num_layers, self.warmup_epochs = cfg, num_layers, warmup_epochs
+        self.cfg, self.num_layers, self.warmup_epochs, self.model = cfg, num_layers, warmup_epochs, model
+        if cfg.clear_freeze and model is None:
+            raise RoutingError("--clear_freeze needs the model to freeze")
         self.clean_prob = torch.ones(num_train)  # w_i; 1 during warm-up, so gates ~ Bernoulli(r)
         self.teacher = None                      # (N, K) logits of the last training-set pass
 
@@ -159,6 +163,14 @@ class ClearRouting(Routing):
         if epoch + 1 >= self.warmup_epochs:  # epochs count from 0: warm-up covers 0 .. W-1
             self.clean_prob = torch.as_tensor(fit.clean_prob, dtype=torch.float32)
             self.teacher = torch.as_tensor(train_logits).float()
+            self.freeze()
+
+    def freeze(self):
+        """--clear_freeze: the PEFT modules stop learning (no gradient, so AdamW skips them); the head trains on."""
+        if self.cfg.clear_freeze:
+            for name, p in self.model.named_parameters():
+                if not name.startswith("head."):
+                    p.requires_grad_(False)
 
     def epoch_metrics(self, observed, true):
         """The mean gate rate r * w of truly clean and truly noisy samples (the detector's own
@@ -173,6 +185,8 @@ class ClearRouting(Routing):
 
     def load_state_dict(self, state):
         self.clean_prob, self.teacher = state["clean_prob"], state["teacher"]
+        if self.teacher is not None:  # resumed after warm-up
+            self.freeze()
 
 
 # ----------------------------------------------------------------------------

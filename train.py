@@ -70,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the PEFT kind's, peft.py)")
     p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on biases/LayerNorm)")
     p.add_argument("--warmup_ratio", type=float, default=0.1, help="fraction of steps with linear LR warm-up")
+    p.add_argument("--lr_schedule", choices=("linear", "constant"), default="linear",
+                   help="linear: warm-up then linear decay to zero; constant: the peak throughout (official CleaR)")
     p.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier head")
     p.add_argument("--max_len", type=int, default=128, help="truncate token sequences to this length")
@@ -206,7 +208,7 @@ def run(args):
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
     steps = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0)))
     opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs,
-                                        methods.get(args.method).lr_overrides(args))
+                                        methods.get(args.method).lr_overrides(args), args.lr_schedule)
     history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, opt, sched, hooks, detector)
     if ckpt is not None:
         log(f"resumed from {args.out} after epoch {start_epoch}")

@@ -177,3 +177,28 @@ def test_loss_ema_smooths_across_epochs_and_resumes():
     again.load_state_dict(det.state_dict())
     np.testing.assert_allclose(again.smoothed, det.smoothed)
     assert np.array_equal(mixture.LossDetector(ema=0).update(logits, observed).smoothed, first.loss)
+
+
+def test_clear_freeze_stops_the_peft_modules_after_warmup(tiny_pretrained_dir, tiny_dataset, tmp_path):
+    """--clear_freeze (the official LoRA code's accident, as an ablation): after warm-up only the
+    head trains, so the LoRA tensors after epoch 3 are those after epoch 1."""
+    from safetensors.torch import load_file
+    base = ["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--method", "clear", "--lr", "1e-2",
+            "--batch_size", "16", "--warmup_epochs", "1", "--noise_rate", "0.3", "--max_len", "64",
+            "--lr_schedule", "constant", "--no_progress"]
+    train.main([*base, "--epochs", "1", "--out", str(tmp_path / "one")])
+    train.main([*base, "--epochs", "3", "--clear_freeze", "--out", str(tmp_path / "frozen")])
+    train.main([*base, "--epochs", "3", "--out", str(tmp_path / "free")])
+    one, frozen, free = (load_file(tmp_path / d / "peft.safetensors") for d in ("one", "frozen", "free"))
+    lora = [k for k in one if "lora_" in k]
+    assert lora and all(torch.equal(frozen[k], one[k]) for k in lora)
+    assert not torch.equal(frozen["head.weight"], one["head.weight"])  # the head went on training
+    assert not all(torch.equal(free[k], one[k]) for k in lora)          # without the freeze LoRA moves
+
+
+def test_constant_schedule_keeps_the_peak():
+    import engine
+    f = engine.lr_lambda(10, 100, "constant")
+    assert [f(s) for s in (0, 5, 50, 99)] == [1.0] * 4
+    g = engine.lr_lambda(10, 100)
+    assert g(0) == 0.1 and g(9) == 1.0 and g(55) == 0.5

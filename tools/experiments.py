@@ -45,6 +45,12 @@ VARIANTS = {
     # the clean-sample detector: the per-sample loss EMA off (the default is the official 0.9)
     "clear-ema0": ["--method", "clear", "--peft", "lora", "--loss_ema", "0"],
     "lora-ema0": ["--method", "lora", "--loss_ema", "0"],
+    # CleaR's recipe against the official code's choices, one change at a time (fair-test issue)
+    "clear-constlr": ["--method", "clear", "--peft", "lora", "--lr_schedule", "constant", "--warmup_ratio", "0"],
+    "clear-8ep": ["--method", "clear", "--peft", "lora", "--epochs", "8"],
+    "clear-r4a1": ["--method", "clear", "--peft", "lora", "--lora_r", "4", "--lora_alpha", "1"],
+    "clear-freeze": ["--method", "clear", "--peft", "lora", "--clear_freeze"],
+    "clear-adapter-official": ["--method", "clear", "--peft", "adapter", "--base_rate", "0.7", "--consistency_temp", "0.5"],
 }
 # a CPU-sized subset: stratified 1,000 train / 1,000 test examples, 64 tokens
 CPU_DATA = ["--max_train", "1000", "--max_test", "1000", "--max_len", "64"]
@@ -102,6 +108,11 @@ GRIDS = {
 GRIDS["r8"] = R8_CELLS
 # the detector's loss smoothing, on and off, for CleaR and for plain LoRA (whose runs show how detectable
 # the noise is): 1,000 mr snippets, sym 0.4, 2 seeds
+# CleaR's recipe, one official choice at a time, beside the plain PEFT kinds it routes
+GRIDS["clear-recipe"] = cells(["mr", "20ng"], [("sym", 0.4)],
+                              ["clear", "lora", "clear-constlr", "clear-8ep", "clear-r4a1", "clear-freeze",
+                               "clear-adapter", "clear-adapter-official", "adapter"], [0, 1, 2],
+                              {"mr": CPU_DATA, "20ng": CPU_DATA})
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
