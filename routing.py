@@ -316,8 +316,9 @@ def balance_loss(route, mask, types, delta, beta):
 class LoRAMoERouting(Routing):
     """Returns the balance loss of every LoRAMoE module; with moe_types="clean" the sample
     types come from the loss mixture (mixture.py, as CleaR's) refitted after every epoch;
-    logs how much routing mass each expert group gives truly clean vs truly noisy samples
-    (accumulated per sample index during the epoch, split by truth only in epoch_metrics)."""
+    logs how much routing mass each expert group gives truly clean vs truly noisy samples,
+    and samples typed clean vs typed noisy (moe_g0_typed_*), accumulated per sample index
+    during the epoch and split by truth only in epoch_metrics."""
 
     def __init__(self, model, num_train, cfg, warmup_epochs=3):
         self.cfg, self.warmup_epochs = cfg, warmup_epochs
@@ -331,7 +332,7 @@ class LoRAMoERouting(Routing):
         self.share0 = torch.zeros(num_train, dtype=torch.float64)  # per sample: sum of group 0's shares
         self.visits = torch.zeros(num_train, dtype=torch.float64)  # and how many steps saw it
         self.loss_sum, self.steps = 0.0, 0
-        self.last = None  # (share0, visits, balance) of the last finished epoch, for the metrics
+        self.last = None  # (share0, visits, balance, assigned types) of the last finished epoch, for the metrics
 
     def extra_losses(self, logits, batch):
         if any(m.last_route is None for m in self.modules):
@@ -351,17 +352,21 @@ class LoRAMoERouting(Routing):
         return {"balance": loss}
 
     def end_epoch(self, epoch, train_logits, observed, fit):
+        balance = self.loss_sum / self.steps if self.steps else None
+        assigned = self.types.numpy().copy() if self.typed else None  # the types this epoch trained with
+        self.last = (self.share0.numpy(), self.visits.numpy(), balance, assigned)
         if self.cfg.moe_types == "clean" and epoch + 1 >= self.warmup_epochs:  # the detector CleaR uses
             self.types, self.typed = torch.as_tensor(fit.clean_prob < 0.5).long(), True  # from the next epoch on
-        balance = self.loss_sum / self.steps if self.steps else None
-        self.last = (self.share0.numpy(), self.visits.numpy(), balance)
         self.share0, self.visits = torch.zeros_like(self.share0), torch.zeros_like(self.visits)
         self.loss_sum, self.steps = 0.0, 0
 
     def epoch_metrics(self, observed, true):
-        share0, visits, balance = self.last
+        share0, visits, balance, assigned = self.last
         m = {}
-        for kind, rows in (("clean", observed == true), ("noisy", observed != true)):
+        groups = [("clean", observed == true), ("noisy", observed != true)]
+        if assigned is not None:  # and by the type each sample was assigned (0 = called clean)
+            groups += [("typed_clean", assigned == 0), ("typed_noisy", assigned == 1)]
+        for kind, rows in groups:
             n = visits[rows].sum()
             g0 = float(share0[rows].sum() / n) if n else None
             m[f"moe_g0_{kind}"], m[f"moe_g1_{kind}"] = g0, (None if g0 is None else 1 - g0)

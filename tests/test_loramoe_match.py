@@ -151,6 +151,7 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
     torch.testing.assert_close(share0[types == 1], torch.full((B // 2,), (1 - delta) / 2), rtol=0, atol=0.01)
     # the logged shares (averaged over the whole run) point the same way
     assert m["moe_g0_clean"] > 0.5 > m["moe_g0_noisy"] and m["moe_g1_noisy"] > 0.5
+    assert m["moe_g0_typed_clean"] > 0.5 > m["moe_g0_typed_noisy"]  # and by assigned type (here the same split)
 
 
 def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
