@@ -122,6 +122,18 @@ def test_balance_loss_is_zero_only_when_balanced():
     assert balance_loss(typed, mask, None, 0.1, 0.1) > 0
 
 
+def minimise_balance(layer, router, x, batch, steps=300):
+    """Adam on the router weights against the balance loss alone; returns the last loss."""
+    opt = torch.optim.Adam([layer.router_weight], lr=0.05)
+    for _ in range(steps):
+        layer(x)
+        loss = router.extra_losses(None, batch)["balance"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss
+
+
 def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
     """The documented direction, proved by optimisation: Adam on the balance loss alone
     moves each sample's mass to its serving group, to the analytic optimum (1 + delta) / 2."""
@@ -136,14 +148,7 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
     observed, true = types.numpy(), torch.zeros(B, dtype=torch.long).numpy()  # label != true exactly for type 1
     batch = Batch(torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.long), torch.arange(B),
                   torch.as_tensor(observed))
-    opt = torch.optim.Adam([layer.router_weight], lr=0.05)
-    for _ in range(300):
-        layer(x)
-        loss = router.extra_losses(None, batch)["balance"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss < 1e-4
+    assert minimise_balance(layer, router, x, batch) < 1e-4
     router.end_epoch(0, torch.zeros(B, 2).numpy(), observed, None)
     m = router.epoch_metrics(observed, true)
     share0 = layer.last_route[..., :2].sum(-1).mean(1)  # (B,) group 0's share per sample
@@ -291,13 +296,7 @@ def test_balance_sends_every_sample_to_its_group_whatever_its_length():
     router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=0.1, moe_beta=1.0))
     router.types, router.typed = torch.zeros(B, dtype=torch.long), True
     batch = Batch(torch.zeros(B, T, dtype=torch.long), mask, torch.arange(B), torch.zeros(B, dtype=torch.long))
-    opt = torch.optim.Adam([layer.router_weight], lr=0.05)
-    for _ in range(300):
-        layer(x)
-        loss = router.extra_losses(None, batch)["balance"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    minimise_balance(layer, router, x, batch)
     route = layer.last_route.detach()
     share0 = (route[..., :2].sum(-1) * mask).sum(1) / mask.sum(1)  # (B,) group 0's share of real tokens
     assert (share0 > 0.5).all(), share0
