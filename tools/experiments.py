@@ -109,7 +109,7 @@ GRIDS["r8"] = R8_CELLS
 # the detector's loss smoothing, on and off, for CleaR and for plain LoRA (whose runs show how detectable
 # the noise is): 1,000 mr snippets, sym 0.4, 2 seeds
 # CleaR's recipe, one official choice at a time, beside the plain PEFT kinds it routes
-GRIDS["clear-recipe"] = cells(["mr", "20ng"], [("sym", 0.4)],
+GRIDS["clear-recipe"] = cells(["20ng", "mr"], [("sym", 0.4)],
                               ["clear", "lora", "clear-constlr", "clear-8ep", "clear-r4a1", "clear-freeze",
                                "clear-adapter", "clear-adapter-official", "adapter"], [0, 1, 2],
                               {"mr": CPU_DATA, "20ng": CPU_DATA})
