@@ -27,3 +27,18 @@ def test_table_aggregates_seeds(tmp_path):
     std = np.std([80, 82, 84], ddof=1)
     assert f"82.0 ± {std:.1f}" in lora and "| 3 |" in lora
     assert "| 70.0 |" in next(line for line in lines if "| full |" in line)
+
+
+def test_variants_are_never_pooled_as_seeds(tmp_path):
+    """Two settings of one method (here a detector flag) become two rows, named by the setting."""
+    for seed in (0, 1):
+        for ema in (0.9, 0.0):
+            fake_run(tmp_path, f"c{seed}-{ema}", seed, 0.6 + ema / 10, method="lora")
+            cfg_path = tmp_path / f"c{seed}-{ema}" / "summary.json"
+            summary = json.loads(cfg_path.read_text())
+            summary["config"]["loss_ema"] = ema
+            cfg_path.write_text(json.dumps(summary))
+    lines = report.table(report.load_runs([str(tmp_path)])).splitlines()
+    rows = [line for line in lines[2:]]
+    assert len(rows) == 2 and all("| 2 |" in row for row in rows)
+    assert any("lora, loss_ema 0.9" in row for row in rows) and any("lora, loss_ema 0.0" in row for row in rows)

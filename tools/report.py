@@ -41,10 +41,29 @@ def load_runs(dirs):
     return runs
 
 
-def group_key(cfg, by_lr=False):
+# settings that tell runs apart without making them different experiments
+NOT_VARIANTS = {"seed", "out", "device", "no_progress", "resume", "overwrite", "eval_batch_size", "eval_only", "load"}
+
+
+def group_key(cfg, by_lr=False, variant=()):
+    """(dataset, noise, method label); `variant`: config keys whose values are added to the label."""
     noise = "none" if cfg["noise"] == "none" else f"{cfg['noise']} {cfg['noise_rate']:g}"
     method = methods.label(cfg) + (f", lr {cfg['lr']:g}" if by_lr else "")
+    method += "".join(f", {k} {cfg.get(k)}" for k in variant)
     return (os.path.basename(cfg["dataset"]), noise, method)
+
+
+def variant_keys(configs):
+    """The settings (other than the seed and the like) that differ between runs sharing a row's
+    dataset, noise and method label: a row then splits by them, so variants are never pooled as seeds."""
+    rows = defaultdict(list)
+    for cfg in configs:
+        rows[group_key(cfg)].append(cfg)
+    keys = set()
+    for cfgs in rows.values():
+        # a key a run lacks comes from a version without that setting: its default, not a variant
+        keys |= {k for k in set().union(*cfgs) - NOT_VARIANTS if len({repr(c[k]) for c in cfgs if k in c}) > 1}
+    return tuple(sorted(keys))
 
 
 def fmt(values, scale=100.0, digits=1):
@@ -58,9 +77,11 @@ def fmt(values, scale=100.0, digits=1):
 
 def table(runs, extra_columns=(), by_lr=False):
     """A markdown table, one row per (dataset, noise, method), seeds aggregated."""
-    groups = defaultdict(list)
+    groups, variant = defaultdict(list), variant_keys([s["config"] for s, _ in runs])
+    if by_lr:
+        variant = tuple(k for k in variant if k != "lr")
     for summary, metrics in runs:  # extra columns may come from the last epoch's metrics
-        groups[group_key(summary["config"], by_lr)].append({**metrics[-1], **summary})
+        groups[group_key(summary["config"], by_lr, variant)].append({**metrics[-1], **summary})
     head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "clean train acc", "memorised",
             "realised noise", "trainable", *extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
