@@ -205,6 +205,7 @@ def run(args):
     model.encoder.grad_checkpointing = args.grad_checkpointing
     hooks, detector = build_hooks(args, model, len(true)), LossDetector(args.loss_ema)
     log(f"{args.method}: {peft.param_summary(model)}" + (f"; {world} ranks" if world > 1 else ""))
+    params = count_params(model)  # (trainable, total) as built: --clear_freeze stops some of them later
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
     steps = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0)))
     opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs,
@@ -254,7 +255,7 @@ def run(args):
     checkpoint.save_peft(model, args.out, extra={"class_names": ds.class_names})
     np.savez_compressed(os.path.join(args.out, "per_sample.npz"), loss=np.stack(sample_losses),
                         observed=observed, true=true)
-    summary = summarise(args, history, hooks, report, model, len(test_ids), device, world,
+    summary = summarise(args, history, hooks, report, params, len(test_ids), device, world,
                         wall_before + time.time() - t_start)
     checkpoint.write_json(os.path.join(args.out, "summary.json"), summary)
     chosen = "" if summary["selected_epoch"] is None else \
@@ -279,7 +280,7 @@ def write_metrics(out, rows, mode):
         f.writelines(json.dumps(m) + "\n" for m in rows)
 
 
-def summarise(args, history, hooks, report, model, num_test, device, world, wall_s):
+def summarise(args, history, hooks, report, params, num_test, device, world, wall_s):
     """summary.json: best and last test accuracy, memorisation, sizes, cost, the method's summary keys."""
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -288,7 +289,7 @@ def summarise(args, history, hooks, report, model, num_test, device, world, wall
     accs, last = [m["test_acc"] for m in history], history[-1]
     val = [m["val_acc"] for m in history]
     selected = int(np.argmax(val)) if None not in val else None  # the first epoch with the best noisy-val accuracy
-    trainable, total = count_params(model)
+    trainable, total = params
     train_s = sum(m["train_pass_s"] for m in history)
     return {
         "selected_test_acc": None if selected is None else accs[selected],
