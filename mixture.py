@@ -68,7 +68,8 @@ def fit_gmm(x, reg_covar=REG_COVAR, iters=100, tol=1e-6):
     """EM for two 1-D Gaussians, regularised and started as scikit-learn's GaussianMixture is by
     default: reg_covar added to each variance, responsibilities first from a 2-means split."""
     x = np.asarray(x, dtype=np.float64)
-    resp = np.stack([two_means(x), ~two_means(x)], 1).astype(np.float64)  # (N, 2) hard start
+    low = two_means(x)
+    resp = np.stack([low, ~low], 1).astype(np.float64)  # (N, 2) hard start
     if not resp[:, 1].any():  # every value equal: two copies of one component
         resp = np.full((len(x), 2), 0.5)
     prev, gmm = -np.inf, None
