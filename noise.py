@@ -13,7 +13,10 @@ instead gives every sample its own row.  Kinds and where they come from:
                   The CleaR code flips i -> i-1 instead; that is the same
                   model up to a renaming of the classes.
 * ``idn``      -- instance-dependent noise of Xia et al., 2020 ("Part-dependent
-                  label noise", NeurIPS 2020, Algorithm 1).
+                  label noise", NeurIPS 2020, Algorithm 1): flip rate q ~ N(r, 0.1^2)
+                  truncated to [0, 1]; flip target softmax(x W_y) over the wrong classes,
+                  x the sample's features standardised per dimension (their normalised
+                  pixels; here the encoder's sentence embedding).
 * ``none``     -- labels unchanged.
 
 The caller applies noise to the training split only.  Everything is seeded
@@ -115,8 +118,12 @@ def _idn_probs(labels, rate, num_classes, features, rng):
     n = labels.shape[0]
     q = _truncated_normal(rate, IDN_STD, n, rng)  # each sample's own flip rate
     w = rng.standard_normal((num_classes, x.shape[1], num_classes))
-    # Unit-length features keep every logit ~ N(0, 1), whatever the embedding scale.
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    # Xia et al. feed the normalised input itself (each image channel standardised), so a logit x.W
+    # has std ~ sqrt(d) and the softmax over wrong classes is nearly one-hot: each sample has *its*
+    # likely wrong class. Standardising every feature dimension over the training set does the same
+    # for embeddings of any scale. (Unit-length rows would give logits ~ N(0, 1/d) and a flip target
+    # close to uniform, i.e. nearly symmetric noise.)
+    x = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-12)
     logits = np.empty((n, num_classes))
     for c in range(num_classes):  # one matmul per class avoids building W[labels] (N, d, K)
         rows = labels == c

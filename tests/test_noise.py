@@ -185,6 +185,24 @@ def test_idn_depends_on_features():
     assert not np.array_equal(a, b)
 
 
+def test_idn_flip_target_is_peaked_per_sample_like_xia():
+    # Xia et al. use standardised inputs, so x.W has std ~ sqrt(d) and each sample's flip mass goes
+    # almost all to one wrong class (unit-length rows would spread it: ~0.3 on the top class here).
+    n, d, k = 2000, 256, 10
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, k, n)
+    feats = 5.0 + 3.0 * rng.normal(size=(n, d))  # an offset and a scale, as raw embeddings have
+    probs = noise._idn_probs(y, 0.4, k, feats, np.random.default_rng(0))
+    wrong = probs.copy()
+    wrong[np.arange(n), y] = 0.0
+    top_share = wrong.max(axis=1) / wrong.sum(axis=1)
+    assert np.median(top_share) > 0.9
+    # ...and the noise does not depend on the embedding's offset or scale
+    a = add_noise(y, "idn", 0.4, k, seed=1, features=feats)
+    b = add_noise(y, "idn", 0.4, k, seed=1, features=(feats - 5.0) * 7.0)
+    np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------- report
 
 def test_report_fields():
