@@ -28,7 +28,7 @@ from peft import KINDS, LoRALinear, is_peft_param, kind_config
 
 WEIGHTS_NAME, CONFIG_NAME = "peft.safetensors", "peft_config.json"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-RESUME_IGNORED = ("resume", "overwrite", "device", "no_progress", "eval_batch_size")  # may change on --resume
+RESUME_IGNORED = ("resume", "overwrite", "device", "no_progress", "eval_batch_size", "out")  # may change on --resume (a moved run folder resumes)
 
 
 class CheckpointError(ValueError):
