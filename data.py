@@ -41,6 +41,12 @@ class DataError(ValueError):
 class Split:
     texts: list[str]    # raw text of each example
     labels: np.ndarray  # int64 true (clean) labels, shape (N,), indices into class_names
+    rows: np.ndarray = None  # (N,) where each example came from: its line in a user file, else its
+                             # position in the packaged split (label_issues.csv names it)
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = np.arange(len(self.texts), dtype=np.int64)
 
 
 @dataclass
@@ -150,7 +156,7 @@ def _drop_empty(split: Split, part: str, notes: list[str]) -> Split:
 
 
 def _subset(split: Split, idx: np.ndarray) -> Split:
-    return Split([split.texts[i] for i in idx], split.labels[idx])
+    return Split([split.texts[i] for i in idx], split.labels[idx], split.rows[idx])
 
 
 # ------------------------------------------------------------------- user files
@@ -254,7 +260,8 @@ def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
         for line_no, _, lab in rows:
             if lab not in index:
                 raise DataError(f"{file}: line {line_no}: label '{lab}' never seen in {path}")
-        return Split([t for _, t, _ in rows], np.array([index[r[2]] for r in rows], dtype=np.int64))
+        return Split([t for _, t, _ in rows], np.array([index[r[2]] for r in rows], dtype=np.int64),
+                     np.array([line_no for line_no, _, _ in rows], dtype=np.int64))
 
     train = to_split(rows, path)
     if test_path is not None:

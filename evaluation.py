@@ -13,6 +13,7 @@ import torch
 
 import data
 import dist
+from calibration import calibration_metrics
 from mixture import detector_metrics
 from model import mean_pool
 
@@ -38,14 +39,15 @@ def predict(model, token_ids, batch_size, device, autocast, hooks, pad_to=None, 
     return dist.gather_rows(out, filled, device)
 
 
-def epoch_metrics(test_pred, test_labels, train_logits, observed, true, hooks, fit,
+def epoch_metrics(test_logits, test_labels, train_logits, observed, true, hooks, fit,
                   val_pred=None, val_true=None, val_observed=None):
-    """Test accuracy; accuracy on the noisy validation split against its observed labels (val_acc,
+    """Test accuracy, NLL and calibration error (calibration.py); accuracy on the noisy validation split against its observed labels (val_acc,
     the figure a user can select with) and against its true ones; memorisation on the training
     set; the clean-sample detector's separation (fit: this epoch's mixture.DetectorFit) and the
     method's own metrics (hooks.epoch_metrics): everything that is scored against true labels."""
     has_val = val_pred is not None
-    return {"test_acc": float((test_pred == test_labels).mean()),
+    return {"test_acc": float((test_logits.argmax(1) == test_labels).mean()),
+            **calibration_metrics(test_logits, test_labels),
             "val_acc": float((val_pred == val_observed).mean()) if has_val else None,
             "val_true_acc": float((val_pred == val_true).mean()) if has_val else None,
             **memorisation(train_logits.argmax(1), observed, true), **detector_metrics(fit, observed, true),

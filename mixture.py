@@ -139,6 +139,11 @@ class LossDetector:
         w, gmm = clean_probability(self.smoothed)
         return DetectorFit(loss, self.smoothed.copy(), w, gmm)
 
+    def current(self, train_logits, observed):
+        """The fit of the smoothed losses as they stand, without a new update (this epoch's raw loss)."""
+        w, gmm = clean_probability(self.smoothed)
+        return DetectorFit(per_sample_loss(train_logits, observed), self.smoothed.copy(), w, gmm)
+
     def state_dict(self):
         return {"smoothed": self.smoothed}
 

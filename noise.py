@@ -173,5 +173,61 @@ def noise_report(true_labels, observed_labels, num_classes):
         "realized_rate": float(np.mean(true != obs)) if true.size else 0.0,
         "class_counts": per_class.tolist(),
         "flips_per_class": (per_class - np.diag(counts)).tolist(),
+        "transition_counts": counts.tolist(),  # [true, observed]
         "empirical_transition": empirical.tolist(),
     }
+
+
+# ---------------------------------------------------------------- noise files
+# noisy_labels.csv: one line per training example (in the order of the training split), so a
+# noise draw can be handed on and trained on again with `train.py --noisy_labels FILE`.
+NOISE_FILE_COLUMNS = ("index", "row", "true_label", "observed_label", "flipped")
+
+
+def write_noisy_labels(path, rows, true, observed, class_names):
+    """Write the noise a run drew: index, source row, true and observed label names, flipped (0/1)."""
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(NOISE_FILE_COLUMNS)
+        for i, (row, t, o) in enumerate(zip(rows, true, observed)):
+            out.writerow([i, int(row), class_names[t], class_names[o], int(t != o)])
+
+
+def read_noisy_labels(path, true, class_names):
+    """(N,) observed labels from a noise file for a training split whose true labels are `true`.
+    The file must list each index 0..N-1 once with a known label name; a `true_label` column, if
+    present, must agree with the dataset (else the file belongs to another dataset or subsample)."""
+    import csv
+    index = {c: k for k, c in enumerate(class_names)}
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"index", "observed_label"} <= set(reader.fieldnames):
+                raise NoiseError(f"{path}: need columns 'index' and 'observed_label', found {reader.fieldnames}")
+            records = list(reader)
+    except FileNotFoundError:
+        raise NoiseError(f"{path}: noise file not found") from None
+    except UnicodeDecodeError:
+        raise NoiseError(f"{path}: not UTF-8 text") from None
+    n = len(true)
+    if len(records) != n:
+        raise NoiseError(f"{path}: {len(records)} labels for a training split of {n} examples "
+                         "(same dataset, --max_train and --seed as the run that wrote it?)")
+    observed = np.full(n, -1, dtype=np.int64)
+    for line, rec in enumerate(records, 2):
+        try:
+            i = int(rec["index"])
+        except (TypeError, ValueError):
+            raise NoiseError(f"{path}: line {line}: index {rec['index']!r} is not an integer") from None
+        if not 0 <= i < n or observed[i] >= 0:
+            raise NoiseError(f"{path}: line {line}: index {i} is out of range 0..{n - 1} or repeated")
+        for col in ("observed_label", "true_label"):
+            if rec.get(col) is not None and rec[col] not in index:
+                raise NoiseError(f"{path}: line {line}: {col} {rec[col]!r} is not a class of this dataset "
+                                 f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
+        if rec.get("true_label") is not None and index[rec["true_label"]] != true[i]:
+            raise NoiseError(f"{path}: line {line}: true_label {rec['true_label']!r} of example {i} differs from "
+                             f"the dataset's {class_names[true[i]]!r}: the file was drawn for other data")
+        observed[i] = index[rec["observed_label"]]
+    return observed

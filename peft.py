@@ -128,6 +128,15 @@ class PeftKind:
         """Attention positions the kind adds in front of every sequence (prefix tuning)."""
         return 0
 
+    def fold(self, layer, gate):
+        """Replace this kind's modules in one encoder layer (model.Layer) by plain BERT modules
+        computing the same function, the branch scaled by the constant `gate` (1, or CleaR's
+        expected gate r): what export.py and predict.py use. Raise PeftError when no plain BERT
+        layer computes it; `fold_note` says why."""
+        raise PeftError(f"{self.name} cannot be folded into plain BERT weights: {self.fold_note}")
+
+    fold_note: ClassVar[str] = "it has no fold()"
+
 
 KINDS = {}  # name -> PeftKind subclass, in registration order
 
@@ -177,6 +186,9 @@ class Full(PeftKind):
 
     def inject(self, model):
         pass
+
+    def fold(self, layer, gate):
+        pass  # already plain BERT weights
 
     def trainable_params(self, bert, num_classes):
         C, I, L = bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers
@@ -277,6 +289,13 @@ class LoRA(PeftKind):
         shapes = linear_shapes(bert)
         return bert.num_hidden_layers * sum(2 * self.lora_r * sum(shapes[t]) for t in self.lora_targets.split(","))
 
+    @torch.no_grad()
+    def fold(self, layer, gate):  # W0 + gate * (alpha/r) B A
+        for name in self.lora_targets.split(","):
+            m = getattr(layer, name)
+            m.base.weight += (gate - m.merged) * m.delta_weight().to(m.base.weight.dtype)
+            setattr(layer, name, m.base)
+
 
 def lora_target_names(spec):
     """ "query,value" -> ["query", "value"]; "all-linear" -> every Linear of a layer."""
@@ -348,6 +367,7 @@ class Adapter(PeftKind):
     default_lr: ClassVar[float] = 2e-3
     clear_base_rate: ClassVar[float] = 0.7
     must_match: ClassVar[tuple] = ("adapter_kind", "adapter_size")
+    fold_note: ClassVar[str] = "a bottleneck adds a GELU block after the sublayer, which no BERT weight expresses"
     adapter_kind: str = setting("houlsby", "houlsby: after attention and FFN; pfeiffer: after the FFN only",
                                 choices=tuple(ADAPTER_SITES))
     adapter_size: int = setting(16, "adapter bottleneck width m")
@@ -419,6 +439,7 @@ class Prefix(PeftKind):
     param_prefixes: ClassVar[tuple] = ("prefix_",)
     default_lr: ClassVar[float] = 2e-2
     clear_base_rate: ClassVar[float] = 0.85
+    fold_note: ClassVar[str] = "it adds trained key/value positions to every attention, which BERT has no slot for"
     must_match: ClassVar[tuple] = ("prefix_len", "prefix_mlp", "prefix_mlp_hidden")
     prefix_len: int = setting(20, "prefix length P (key/value vectors per layer)")
     prefix_mlp: bool = setting(False, "train the prefix through a reparameterisation MLP (Li & Liang Sec. 4.3)")
@@ -479,6 +500,13 @@ class BitFit(PeftKind):
         for layer in model.encoder.layers:
             for name in BITFIT_SITES:
                 setattr(layer, name, BitFitWrapper(getattr(layer, name)))
+
+    @torch.no_grad()
+    def fold(self, layer, gate):  # b0 + gate * delta
+        for name in BITFIT_SITES:
+            m = getattr(layer, name)
+            m.base.bias += gate * m.bitfit_bias
+            setattr(layer, name, m.base)
 
     def trainable_params(self, bert, num_classes):  # one bias per Linear output, one shift per LayerNorm
         C = bert.hidden_size

@@ -68,6 +68,11 @@ class Routing:
     def eval_gates(self, batch_size, device, generator):
         return None
 
+    def constant_eval_gate(self):
+        """The gate every evaluation forward applies to every layer's PEFT branch, if it is one
+        constant (1.0: no gating), else None (sampled gates): export.fold_model scales by it."""
+        return 1.0
+
     def extra_losses(self, logits, batch):
         return {}
 
@@ -147,6 +152,9 @@ class ClearRouting(Routing):
         if self.cfg.clear_eval == "expected":
             return torch.full((batch_size, L), r, device=device)
         return torch.bernoulli(torch.full((batch_size, L), r), generator=generator).to(device)
+
+    def constant_eval_gate(self):
+        return {"all": 1.0, "expected": self.cfg.base_rate}.get(self.cfg.clear_eval)  # sample: None
 
     def extra_losses(self, logits, batch):
         """KL(softmax(t/T) || softmax(z/T)) against the stored teacher (Sec. 4.3); none before one exists."""
@@ -247,6 +255,7 @@ class LoRAMoE(peft.PeftKind):
     standalone: ClassVar[bool] = False  # only with its balance loss: --method loramoe
     must_match: ClassVar[tuple] = ("moe_experts", "moe_r", "moe_alpha")
     param_prefixes: ClassVar[tuple] = ("lora_", "router_")
+    fold_note: ClassVar[str] = "the router weighs the experts per token, so the update depends on the input"
     moe_experts: int = setting(6, "LoRA experts per FFN linear")
     moe_r: int = setting(4, "rank of each expert")
     moe_alpha: float = setting(32, "expert deltas are scaled by alpha/r")
@@ -429,6 +438,18 @@ class MatchHead(nn.Module):
     @property
     def out_features(self):  # checkpoint.save_peft / load_peft read model.head.out_features
         return self.classifier.out_features
+
+    @torch.no_grad()
+    def as_linear(self):
+        """The evaluation path classifier(match_dense(h)) as one nn.Linear (export.py); None when
+        evaluation mixes the batch (eval_mix), which no per-example classifier can express."""
+        if self.eval_mix:
+            return None
+        d, c = self.match_dense, self.classifier
+        out = nn.Linear(d.in_features, c.out_features).to(c.weight.device)
+        out.weight.copy_(c.weight @ d.weight)
+        out.bias.copy_(c.weight @ d.bias + c.bias)
+        return out
 
     def mix(self, z):
         """z (B, C) -> (z~ (B, C), M (B, B)); similarities and softmax in fp32."""

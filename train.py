@@ -33,14 +33,16 @@ import checkpoint
 import data
 import dist
 import engine
+import export
 import methods
 import noise
+import outputs
 import peft
 import routing
 import speedups
 from evaluation import epoch_metrics, predict, sentence_embeddings
 from mixture import LossDetector
-from model import Classifier, ModelLoadError, count_params, load_pretrained
+from model import Classifier, ModelLoadError, count_params, default_model_dir, load_pretrained
 
 class RunError(RuntimeError):
     """A run that cannot start as asked (settings, output directory, resume mismatch)."""
@@ -99,6 +101,10 @@ def parse_args(argv=None):
                    help="recompute each layer's activations in backward: less memory, ~1/3 more compute")
     p.add_argument("--no_speedups", action="store_true", help="the plain textbook path: nn.Dropout, SDPA, every "
                    "top-layer token (slower on a CPU; other dropout draws, so other numbers)")
+    p.add_argument("--noisy_labels", default=None, help="train on the observed labels of this noise file "
+                   "(a run's noisy_labels.csv) instead of drawing --noise")
+    p.add_argument("--export_hf", default=None, help="after training, write the model merged into the Hugging Face "
+                   "BertForSequenceClassification layout in this folder (full, lora, bitfit; export.py)")
     p.add_argument("--eval_only", action="store_true", help="only evaluate the run saved in --load on its test split")
     p.add_argument("--load", default=None, help="a finished run's directory (with peft.safetensors) for --eval_only")
     for cls in list(peft.KINDS.values()) + [m.settings for m in methods.METHODS.values() if m.settings]:
@@ -171,19 +177,18 @@ def noisy_split(args, ds, model, tokenizer, device, log):
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
     test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
     true, K = ds.train.labels, len(ds.class_names)
-    features = None
-    if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
-        features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
-    observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
+    features = lambda: sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
+    observed = outputs.noise_from_file_or_model(args, true, ds.class_names, features, log)
     is_val = data.validation_split(observed, args.val_fraction, args.seed)
     part = lambda keep: ([train_ids[i] for i in np.flatnonzero(keep)], true[keep], observed[keep])
     train, val = part(~is_val), part(is_val)
     report = noise.noise_report(train[1], train[2], K)
+    how = f"from {args.noisy_labels}" if args.noisy_labels else f"{args.noise} r={args.noise_rate}"
     log(f"data: {ds.name}, {len(train[1])} train / {len(val[1])} noisy validation / {len(ds.test.labels)} test, "
-        f"{K} classes; noise {args.noise} r={args.noise_rate}: realised flip rate {report['realized_rate']:.3f}")
+        f"{K} classes; noise {how}: realised flip rate {report['realized_rate']:.3f}")
     for note in ds.notes:
         log(f"data: {note}")
-    return train, val, test_ids, report
+    return train, val, test_ids, report, (observed, is_val)
 
 
 def run(args):
@@ -199,11 +204,14 @@ def run(args):
     if min(len(ds.train.texts), len(ds.test.texts)) < world:
         raise RunError(f"{min(len(ds.train.texts), len(ds.test.texts))} examples cannot be shared by {world} ranks")
     ckpt = open_out_dir(args, main_rank)  # only now, so that bad settings or files lose nothing
-    (train_ids, true, observed), val, test_ids, report = noisy_split(args, ds, model, tokenizer, device, log)
+    (train_ids, true, observed), val, test_ids, report, (observed_all, is_val) = \
+        noisy_split(args, ds, model, tokenizer, device, log)
 
     model.to(device)
     model.encoder.grad_checkpointing = args.grad_checkpointing
     hooks, detector = build_hooks(args, model, len(true)), LossDetector(args.loss_ema)
+    if args.export_hf:
+        export.fold_model(model, hooks)  # can this model be exported? (ExportError now, not after training)
     log(f"{args.method}: {peft.param_summary(model)}" + (f"; {world} ranks" if world > 1 else ""))
     params = count_params(model)  # (trainable, total) as built: --clear_freeze stops some of them later
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
@@ -227,7 +235,7 @@ def run(args):
             torch.manual_seed(args.seed * 100_003 + epoch * 1_009 + rank)
         batches = data.iterate_batches(train_ids, observed, args.batch_size, args.seed, epoch, shuffle=True,
                                        pad_to=pad_to, share=share)
-        bar = None if args.no_progress or not main_rank else f"epoch {epoch + 1}/{args.epochs}"
+        bar = None if args.no_progress or not main_rank or not sys.stderr.isatty() else f"epoch {epoch + 1}/{args.epochs}"
         stats = engine.train_epoch(forward, model, hooks, batches, opt, sched, args.grad_clip, autocast, device,
                                    steps, bar)
         test_logits, train_logits = evaluate(test_ids), evaluate(train_ids)  # one pass serves every metric
@@ -236,7 +244,7 @@ def run(args):
         hooks.end_epoch(epoch, train_logits, observed, fit)
         train_pass_s = stats.pop("train_pass_s")
         m = {"epoch": epoch + 1, **stats,
-             **epoch_metrics(test_logits.argmax(1), ds.test.labels, train_logits, observed, true, hooks, fit,
+             **epoch_metrics(test_logits, ds.test.labels, train_logits, observed, true, hooks, fit,
                              val_pred, *val[1:]),
              "lr": sched.get_last_lr()[0], "train_pass_s": train_pass_s, "epoch_s": time.time() - t0}
         history.append(m)
@@ -249,14 +257,26 @@ def run(args):
             checkpoint.save_training_state(args.out, vars(args), epoch, history, sample_losses, model, opt, sched,
                                            hooks, detector, wall_before + time.time() - t_start)
 
+    if start_epoch == args.epochs:  # resumed after the last epoch: the final passes again, for the outputs
+        test_logits, train_logits = evaluate(test_ids), evaluate(train_ids)
+        fit = detector.current(train_logits, observed)
     dist.barrier()  # every rank has finished before rank 0 writes the results
     if not main_rank:
         return None
     checkpoint.save_peft(model, args.out, extra={"class_names": ds.class_names})
+    if args.export_hf:
+        export.export_hf(model, hooks, ds.class_names, args.model or default_model_dir(), args.export_hf)
+        log(f"exported to {args.export_hf} (Hugging Face BertForSequenceClassification layout)")
     np.savez_compressed(os.path.join(args.out, "per_sample.npz"), loss=np.stack(sample_losses),
                         observed=observed, true=true)
+    train_part = (ds.train.rows[~is_val], [t for t, v in zip(ds.train.texts, is_val) if not v], observed, true)
+    issues = outputs.write_run_outputs(
+        args.out, log, ds.class_names, train_part, (ds.train.rows, ds.train.labels, observed_all), train_logits,
+        fit, np.stack(sample_losses), args.loss_ema, test_logits, ds.test.labels,
+        has_truth=args.noise != "none" or bool(args.noisy_labels))
     summary = summarise(args, history, hooks, report, params, len(test_ids), device, world,
                         wall_before + time.time() - t_start)
+    summary.update(issues)
     checkpoint.write_json(os.path.join(args.out, "summary.json"), summary)
     chosen = "" if summary["selected_epoch"] is None else \
         f"selected on noisy validation {summary['selected_test_acc']:.4f} (epoch {summary['selected_epoch']}), "
@@ -301,39 +321,51 @@ def summarise(args, history, hooks, report, params, num_test, device, world, wal
         "wall_s": wall_s, "samples_per_s": len(history) * report["num_samples"] / train_s if train_s else None,
         "peak_mem_mb": peak_mb, "device": device.type, "ranks": world,
         "det_auroc": last["det_auroc"], "det_auroc_loss": last["det_auroc_loss"],
+        "test_nll": last["test_nll"], "test_ece": last["test_ece"],
         **{k: last[k] for k in hooks.summary_keys if k in last}, "config": vars(args),
     }
 
 
-def evaluate_saved(args):
-    """--eval_only: rebuild a finished run from its saved config and PEFT weights, report its test accuracy."""
-    summary_path = os.path.join(args.load or "", "summary.json")
+def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
+    """A finished run rebuilt from its summary.json config and saved PEFT weights:
+    (model on its device in eval mode, tokenizer, hooks, config Namespace, class names, saved summary).
+    clear_eval: CleaR's gate mode for this use (default: the run's own); overrides: other settings."""
+    summary_path = os.path.join(run_dir or "", "summary.json")
     if not os.path.isfile(summary_path):
-        raise RunError(f"--eval_only needs --load DIR of a finished run; {summary_path} not found")
+        raise RunError(f"{summary_path} not found: {run_dir!r} is not a finished run of train.py")
     try:
         with open(summary_path) as f:
             saved = json.load(f)
         config = saved["config"]
+        class_names = checkpoint.read_peft_config(run_dir)["class_names"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise RunError(f"{summary_path}: not a summary written by train.py ({e})") from None
-    # the saved run's settings, except how to evaluate: device and (for CleaR) the gate mode may be changed
-    cfg = argparse.Namespace(**{**vars(args), **config, "device": args.device})
-    if args.clear_eval is not None:
-        cfg.clear_eval = args.clear_eval
+        raise RunError(f"{summary_path}: not a summary written by train.py ({e!r})") from None
+    defaults = vars(parse_args(["--method", config["method"]]))  # settings added since the run was made
+    cfg = argparse.Namespace(**{**defaults, **config, "device": device, **(overrides or {})})
+    if clear_eval is not None:
+        cfg.clear_eval = clear_eval
+    dev, _ = pick_device(cfg.device)
+    model, tokenizer = build_model(cfg, len(class_names))
+    checkpoint.load_peft(model, run_dir)
+    hooks = build_hooks(cfg, model, saved.get("num_train", 1))
+    return model.to(dev).eval(), tokenizer, hooks, cfg, class_names, saved
+
+
+def evaluate_saved(args):
+    """--eval_only: rebuild a finished run (load_run), report its test accuracy."""
+    model, tokenizer, hooks, cfg, _, saved = load_run(args.load, args.device, args.clear_eval)
     device, autocast = pick_device(cfg.device)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed,
                         max_test=cfg.max_test)
-    model, tokenizer = build_model(cfg, len(ds.class_names))
-    checkpoint.load_peft(model, args.load)
-    hooks = build_hooks(cfg, model, len(ds.train.labels))
     test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)
-    acc = float((predict(model.to(device), test_ids, args.eval_batch_size, device, autocast, hooks).argmax(1)
+    acc = float((predict(model, test_ids, args.eval_batch_size, device, autocast, hooks).argmax(1)
                  == ds.test.labels).mean())
     print(f"{args.load}: test acc {acc:.4f} (the run reported {saved['last_test_acc']:.4f} after its last epoch)")
     return {"test_acc": acc, "saved_last_test_acc": saved["last_test_acc"]}
 
 
-EXPECTED_ERRORS = (ModelLoadError, checkpoint.CheckpointError, data.DataError, dist.DistError, noise.NoiseError,
+EXPECTED_ERRORS = (ModelLoadError, checkpoint.CheckpointError, data.DataError, dist.DistError, export.ExportError,
+                   noise.NoiseError,
                    peft.PeftError, routing.RoutingError, RunError)
 
 

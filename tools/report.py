@@ -12,6 +12,7 @@ Usage:
     python tools/report.py runs/t2                        # markdown table on stdout
     python tools/report.py runs/t3 --plot assets/memorisation.png
     python tools/report.py runs/t4/clear --gmm_plot assets/gmm.png --gmm_epoch 4
+    python tools/report.py --run runs/mr-clear-sym0.4-s0  # that run's noise_matrix.png and reliability.png
 """
 
 import argparse
@@ -182,6 +183,55 @@ def plot_gmm(run_dir, epoch, path):
     print(f"wrote {path}")
 
 
+def plot_noise_matrices(run_dir, path):
+    """The run's realised noise (true x observed) beside the model's estimate of it (estimated true x
+    observed, label_issues.confident_joint), each row normalised to P(observed | true)."""
+    plt = pyplot()
+    m = json.load(open(os.path.join(run_dir, "noise_matrix.json")))
+    names = m["class_names"]
+    panels = [(m[k], t) for k, t in (("realised_true_x_observed", "realised"),
+                                     ("estimated_true_x_observed", "estimated from the model")) if m[k] is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (counts, title) in zip(axes[0], panels):
+        c = np.asarray(counts, dtype=float)
+        rows = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+        ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+        if len(names) <= 10:
+            for i in range(len(names)):
+                for j in range(len(names)):
+                    ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+        ticks = range(len(names)) if len(names) <= 20 else []
+        ax.set_xticks(ticks, [names[t][:8] for t in ticks], rotation=90, fontsize=6)
+        ax.set_yticks(ticks, [names[t][:8] for t in ticks], fontsize=6)
+        ax.set_xlabel("observed label")
+        ax.set_ylabel("true label" if title == "realised" else "estimated true label")
+        ax.set_title(f"P(observed | true), {title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def plot_reliability(run_dir, path):
+    """Reliability diagram of the clean test split after the last epoch (calibration.json), with ECE."""
+    plt = pyplot()
+    bins = json.load(open(os.path.join(run_dir, "calibration.json")))
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    M = len(bins["count"])
+    centres = (np.arange(M) + 0.5) / M
+    acc = [a if a is not None else 0.0 for a in bins["accuracy"]]
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.bar(centres, acc, width=1 / M, edgecolor="black", color="tab:blue", label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlabel("confidence (max softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"test split, last epoch: ECE {summary['test_ece']:.3f}, NLL {summary['test_nll']:.3f}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main():
     p = argparse.ArgumentParser(description="Markdown tables and plots from finished runs.")
     p.add_argument("dirs", nargs="+", help="directories searched recursively for summary.json")
@@ -192,7 +242,14 @@ def main():
     p.add_argument("--gmm_epoch", type=int, default=4, help="which epoch's losses --gmm_plot shows")
     p.add_argument("--curves", default=None, help="comma list of metrics.jsonl keys to plot per epoch and run")
     p.add_argument("--curves_plot", default="curves.png", help="where --curves writes its PNG")
+    p.add_argument("--run", action="store_true", help="draw one finished run's pictures into its folder: "
+                   "noise_matrix.png (realised vs estimated noise) and reliability.png")
     args = p.parse_args()
+    if args.run:
+        for d in args.dirs:
+            plot_noise_matrices(d, os.path.join(d, "noise_matrix.png"))
+            plot_reliability(d, os.path.join(d, "reliability.png"))
+        return None
     if args.gmm_plot:
         return plot_gmm(args.dirs[0], args.gmm_epoch, args.gmm_plot)
     runs = load_runs(args.dirs)

@@ -1,0 +1,80 @@
+"""
+What a finished run leaves its user, beside the weights and summary.json (train.py):
+
+    label_issues.csv   every training example, most suspect label first (label_issues.py)
+    noisy_labels.csv   the noise this run trained on, to hand on (`train.py --noisy_labels FILE`)
+    noise_matrix.json  the realised transition counts (true x observed) beside the model's estimate
+                       (estimated true x observed, label_issues.confident_joint)
+    calibration.json   the clean test split's reliability bins after the last epoch (calibration.py)
+
+and the figures it returns for summary.json: the label-issue ranking's AUROC, the detector flag's
+precision and recall (when the true labels are known), test NLL and ECE. Pictures of the two
+matrices and the reliability diagram: `python tools/report.py --run DIR`.
+"""
+
+import os
+
+import label_issues
+import noise
+from calibration import reliability_bins
+from checkpoint import write_json
+from mixture import auroc
+
+
+def _matrix_text(counts, names, title):
+    """A small count matrix as aligned text lines (rows: first index, columns: observed)."""
+    width = max(6, *(len(n) for n in names))
+    lines = [title, " " * width + "".join(f"{n[:width]:>{width + 1}}" for n in names)]
+    lines += [f"{names[i][:width]:<{width}}" + "".join(f"{c:>{width + 1}}" for c in row)
+              for i, row in enumerate(counts)]
+    return lines
+
+
+def write_run_outputs(out, log, class_names, train, noise_all, train_logits, fit, loss_history, ema,
+                      test_logits, test_labels, has_truth):
+    """Write the files above into `out`; returns their summary figures.
+
+    train:      (rows, texts, observed, true) of the examples trained on (validation share excluded)
+    noise_all:  (rows, true, observed) of the whole training split, as the noise was drawn on it
+    fit:        the last epoch's mixture.DetectorFit; loss_history: (E, N) per-epoch losses
+    has_truth:  the true labels are known (synthetic noise or a given noise file), so score against them
+    """
+    rows, texts, observed, true = train
+    K = len(class_names)
+    scores = label_issues.suspicion(loss_history, label_issues.DEFAULT_SCORE, ema)
+    label_issues.write_label_issues(os.path.join(out, "label_issues.csv"), rows, texts, observed, train_logits,
+                                    fit.clean_prob, scores, class_names, label_issues.DEFAULT_SCORE)
+    noise.write_noisy_labels(os.path.join(out, "noisy_labels.csv"), *noise_all, class_names)
+    realised = noise.noise_report(true, observed, K)["transition_counts"] if has_truth else None
+    estimated = label_issues.confident_joint(train_logits, observed, K).tolist()
+    write_json(os.path.join(out, "noise_matrix.json"),
+               {"class_names": class_names, "realised_true_x_observed": realised,
+                "estimated_true_x_observed": estimated})
+    write_json(os.path.join(out, "calibration.json"), reliability_bins(test_logits, test_labels))
+    flagged = fit.clean_prob <= 0.5
+    summary = {"issues_score": label_issues.DEFAULT_SCORE, "issues_flagged": float(flagged.mean())}
+    if has_truth:
+        summary.update(label_issues.flag_metrics(flagged, observed, true))
+        summary["issues_auroc"] = auroc(scores, observed != true)
+    log(f"label issues: {int(flagged.sum())} of {len(flagged)} training labels flagged as noisy, all ranked by "
+        f"{label_issues.DEFAULT_SCORE} in {os.path.join(out, 'label_issues.csv')}"
+        + (f" (ranking AUROC {summary['issues_auroc']:.3f}, flag precision "
+           f"{summary['issues_precision'] or 0:.3f}, recall {summary['issues_recall'] or 0:.3f})"
+           if has_truth and summary["issues_auroc"] is not None else ""))
+    if K <= 8:
+        if realised is not None:
+            for line in _matrix_text(realised, class_names, "noise: realised counts (true x observed)"):
+                log(line)
+        for line in _matrix_text(estimated, class_names, "noise: estimated counts (estimated true x observed)"):
+            log(line)
+    return summary
+
+
+def noise_from_file_or_model(args, true, class_names, features_fn, log):
+    """The observed labels of the training split: read from --noisy_labels, or drawn by --noise."""
+    if args.noisy_labels:
+        observed = noise.read_noisy_labels(args.noisy_labels, true, class_names)
+        log(f"noise: observed labels read from {args.noisy_labels} (--noise and --noise_rate not used)")
+        return observed
+    features = features_fn() if args.noise == "idn" else None  # the pretrained encoder's view of each sample
+    return noise.add_noise(true, args.noise, args.noise_rate, len(class_names), seed=args.seed, features=features)
