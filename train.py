@@ -314,6 +314,7 @@ def summarise(args, history, hooks, report, params, num_test, device, world, wal
     return {
         "selected_test_acc": None if selected is None else accs[selected],
         "selected_epoch": None if selected is None else selected + 1,
+        "selected_val_acc": None if selected is None else val[selected],
         "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "last_test_acc": accs[-1],
         "noisy_memorized": last["noisy_memorized"], "train_clean_acc": last["train_clean_acc"],
         "realized_noise_rate": report["realized_rate"], "num_train": report["num_samples"], "num_test": num_test,

@@ -55,16 +55,16 @@ def group_key(cfg, by_lr=False, variant=()):
 
 
 def variant_keys(configs):
-    """The settings (other than the seed and the like) that differ between runs sharing a row's
-    dataset, noise and method label: a row then splits by them, so variants are never pooled as seeds."""
+    """{row: settings} - for each (dataset, noise, method label) row, the settings (other than the seed
+    and the like) that differ between its runs: the row then splits by them, so variants are never
+    pooled as seeds, and a row names only the settings that tell it from its own siblings."""
     rows = defaultdict(list)
     for cfg in configs:
         rows[group_key(cfg)].append(cfg)
-    keys = set()
-    for cfgs in rows.values():
-        # a key a run lacks comes from a version without that setting: its default, not a variant
-        keys |= {k for k in set().union(*cfgs) - NOT_VARIANTS if len({repr(c[k]) for c in cfgs if k in c}) > 1}
-    return tuple(sorted(keys))
+    # a key a run lacks comes from a version without that setting: its default, not a variant
+    return {row: tuple(sorted(k for k in set().union(*cfgs) - NOT_VARIANTS
+                              if len({repr(c[k]) for c in cfgs if k in c}) > 1))
+            for row, cfgs in rows.items()}
 
 
 def fmt(values, scale=100.0, digits=1):
@@ -77,17 +77,21 @@ def fmt(values, scale=100.0, digits=1):
 
 
 def table(runs, extra_columns=(), by_lr=False):
-    """A markdown table, one row per (dataset, noise, method), seeds aggregated."""
-    groups, variant = defaultdict(list), variant_keys([s["config"] for s, _ in runs])
-    if by_lr:
-        variant = tuple(k for k in variant if k != "lr")
+    """A markdown table, one row per (dataset, noise, method, distinguishing settings), seeds aggregated:
+    test accuracy at the epoch chosen on noisy validation data, at the best epoch (an oracle) and the last."""
+    groups, variants = defaultdict(list), variant_keys([s["config"] for s, _ in runs])
     for summary, metrics in runs:  # extra columns may come from the last epoch's metrics
-        groups[group_key(summary["config"], by_lr, variant)].append({**metrics[-1], **summary})
-    head = ["dataset", "noise", "method", "seeds", "best acc", "last acc", "clean train acc", "memorised",
-            "realised noise", "trainable", *extra_columns]
+        cfg = summary["config"]
+        variant = tuple(k for k in variants[group_key(cfg)] if not (by_lr and k == "lr"))
+        val = [m["val_acc"] for m in metrics if m.get("val_acc") is not None]
+        selected_val = {"selected_val_acc": max(val)} if val else {}  # the noisy-validation accuracy selected on
+        groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val})
+    head = ["dataset", "noise", "method", "seeds", "selected acc", "best acc", "last acc", "clean train acc",
+            "memorised", "realised noise", "trainable", *extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, noise_name, method), ss in sorted(groups.items()):
-        row = [dataset, noise_name, method, str(len(ss)), fmt([s["best_test_acc"] for s in ss]),
+        row = [dataset, noise_name, method, str(len(ss)), fmt([s.get("selected_test_acc") for s in ss]),
+               fmt([s["best_test_acc"] for s in ss]),
                fmt([s["last_test_acc"] for s in ss]), fmt([s.get("train_clean_acc") for s in ss]),
                fmt([s["noisy_memorized"] for s in ss]),
                fmt([s["realized_noise_rate"] for s in ss]), f"{ss[0]['trainable_params']:,}"]
