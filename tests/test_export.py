@@ -191,3 +191,12 @@ def test_predict_bad_input_is_one_line(lora_run, tmp_path, capsys, argv, fragmen
         predict.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and fragment in err[0]
+
+
+@pytest.mark.parametrize("flags", [("--method", "adapter"), ("--method", "clear", "--peft", "lora", "--clear_eval",
+                                                              "sample", "--warmup_epochs", "0")], ids=" ".join)
+def test_predict_runs_what_cannot_fold_with_its_own_gates(tiny_model_dir, tiny_dataset, tmp_path, flags):
+    run(tiny_model_dir, tiny_dataset, tmp_path / "run", *flags, "--epochs", "1")
+    model, tokenizer, hooks, _, _, _ = train.load_run(str(tmp_path / "run"), "cpu")
+    expected = torch.softmax(logits_of(model, tokenizer, hooks), 1).numpy()  # gates seeded per pass: repeatable
+    np.testing.assert_allclose(predict.main([str(tmp_path / "run"), *TEXTS]), expected, atol=1e-6)

@@ -29,10 +29,11 @@ def runs_under(roots):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("roots", nargs="+", help="folders searched for finished runs")
+    p.add_argument("--summary", action="store_true", help="only the per-dataset means")
     args = p.parse_args(argv)
-    names, by_dataset = list(SCORES), {}
-    print("| run | epochs | noise | " + " | ".join(names) + " |")
-    print("|---|---|---|" + "---|" * len(names))
+    names, by_dataset, lines = list(SCORES), {}, []
+    lines.append("| run | epochs | noise | " + " | ".join(names) + " |")
+    lines.append("|---|---|---|" + "---|" * len(names))
     for d in runs_under(args.roots):
         with open(os.path.join(d, "summary.json")) as f:
             cfg = json.load(f)["config"]
@@ -41,9 +42,10 @@ def main(argv=None):
         if None in aucs.values():
             continue
         by_dataset.setdefault(cfg["dataset"], []).append([aucs[n] for n in names])
-        print(f"| {os.path.relpath(d)} | {len(z['loss'])} | {cfg['noise']} {cfg['noise_rate']:g} | "
-              + " | ".join(f"{aucs[n]:.3f}" for n in names) + " |")
-    print()
+        lines.append(f"| {os.path.relpath(d)} | {len(z['loss'])} | {cfg['noise']} {cfg['noise_rate']:g} | "
+                     + " | ".join(f"{aucs[n]:.3f}" for n in names) + " |")
+    if not args.summary:
+        print("\n".join(lines) + "\n")
     print("| dataset | runs | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for ds, rows in sorted(by_dataset.items()):
