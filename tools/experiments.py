@@ -109,10 +109,11 @@ GRIDS["r8"] = R8_CELLS
 # the detector's loss smoothing, on and off, for CleaR and for plain LoRA (whose runs show how detectable
 # the noise is): 1,000 mr snippets, sym 0.4, 2 seeds
 # CleaR's recipe, one official choice at a time, beside the plain PEFT kinds it routes
-GRIDS["clear-recipe"] = cells(["20ng", "mr"], [("sym", 0.4)],
-                              ["clear", "lora", "clear-constlr", "clear-8ep", "clear-r4a1", "clear-freeze",
-                               "clear-adapter", "clear-adapter-official", "adapter"], [0, 1, 2],
-                              {"mr": CPU_DATA, "20ng": CPU_DATA})
+RECIPE = ["clear", "lora", "clear-constlr", "clear-8ep", "clear-r4a1", "clear-freeze", "clear-adapter",
+          "clear-adapter-official", "adapter"]
+# 20 Newsgroups' three seeds first (1,000 mr snippets barely learn: test accuracy 0.52-0.60), then mr seed 0
+GRIDS["clear-recipe"] = (cells(["20ng"], [("sym", 0.4)], RECIPE, [0, 1, 2], {"20ng": CPU_DATA})
+                         + cells(["mr"], [("sym", 0.4)], RECIPE, [0], {"mr": CPU_DATA}))
 # Defaults re-chosen on noisy validation data, and claim 1 (PEFT memorises less than full fine-tuning) sized:
 # each PEFT kind at its default learning rate and a lower and higher one, LoRA at three ranks (alpha/r fixed,
 # so only capacity changes), a wider adapter, Match-Tuning's tau and LoRAMoE's rate; 20 Newsgroups sym 0.4
