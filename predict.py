@@ -89,9 +89,9 @@ def load_predictor(path, device):
     raise train.RunError(f"{path}: neither a finished run (summary.json) nor an --export_hf folder (config.json)")
 
 
-def classify(model, tokenizer, hooks, texts, max_len, batch_size, device):
+def classify(model, tokenizer, hooks, texts, max_len, batch_size, device, precision="auto"):
     """(N, K) class probabilities of `texts`, batched by length (evaluation.predict)."""
-    dev, autocast = train.pick_device(device)
+    dev, autocast = train.pick_device(device, precision)
     ids = data.encode(tokenizer, texts, max_len)
     return softmax(predict(model.to(dev), ids, batch_size, dev, autocast, hooks))
 

@@ -101,6 +101,9 @@ def parse_args(argv=None):
                    help="recompute each layer's activations in backward: less memory, ~1/3 more compute")
     p.add_argument("--no_speedups", action="store_true", help="the plain textbook path: nn.Dropout, SDPA, every "
                    "top-layer token (slower on a CPU; other dropout draws, so other numbers)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast (fp32 master weights, losses and metrics) or fp32; auto: bf16 on a GPU, "
+                        f"{CPU_AUTO_PRECISION} on a CPU")
     p.add_argument("--noisy_labels", default=None, help="train on the observed labels of this noise file "
                    "(a run's noisy_labels.csv) instead of drawing --noise")
     p.add_argument("--export_hf", default=None, help="after training, write the model merged into the Hugging Face "
@@ -158,13 +161,24 @@ def build_hooks(args, model, num_train):
     return methods.get(args.method).hooks(model, args, num_train)
 
 
-def pick_device(name):
+# --precision auto on a CPU: fp32 until bf16's accuracy is measured against it (performance issue)
+CPU_AUTO_PRECISION = "fp32"
+
+
+def pick_device(name, precision="auto"):
+    """(device, autocast context factory). bf16 autocast keeps fp32 master weights, and the losses,
+    the mixture and every metric are computed in fp32 (engine.py, evaluation.py)."""
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
                           "cpu" if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA device is available")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
-    return device, autocast
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else CPU_AUTO_PRECISION
+    if precision == "fp32":
+        return device, nullcontext
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise RunError("--precision bf16: this CPU has no bf16 instructions (avx512_bf16 / AMX); use fp32")
+    return device, (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
 
 
 # ----------------------------------------------------------------------------
@@ -193,7 +207,7 @@ def noisy_split(args, ds, model, tokenizer, device, log):
 
 def run(args):
     t_start = time.time()
-    device, autocast = pick_device(args.device)
+    device, autocast = pick_device(args.device, args.precision)
     rank, world, dist_device = dist.setup(args.device)  # (0, 1, None) unless launched by torchrun
     device, main_rank = dist_device or device, rank == 0
     log = print if main_rank else (lambda *a, **k: None)
@@ -355,7 +369,7 @@ def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
 def evaluate_saved(args):
     """--eval_only: rebuild a finished run (load_run), report its test accuracy."""
     model, tokenizer, hooks, cfg, _, saved = load_run(args.load, args.device, args.clear_eval)
-    device, autocast = pick_device(cfg.device)
+    device, autocast = pick_device(cfg.device, cfg.precision)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed,
                         max_test=cfg.max_test)
     test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)

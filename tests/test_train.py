@@ -166,3 +166,16 @@ def test_saved_run_reloads_to_the_same_accuracy(tiny_model_dir, tiny_dataset, tm
     assert result["test_acc"] == summary["last_test_acc"]
     if method != "full":
         assert summary["trainable_params"] < summary["total_params"] / 5
+
+
+@pytest.mark.skipif(not __import__("torch").ops.mkldnn._is_mkldnn_bf16_supported(), reason="no CPU bf16")
+def test_bf16_autocast_run_learns_and_keeps_fp32_metrics(tiny_model_dir, tiny_dataset, tmp_path):
+    import torch
+    summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--noise", "none", "--precision", "bf16"))
+    assert summary["best_test_acc"] > 0.75 and summary["config"]["precision"] == "bf16"
+    device, autocast = train.pick_device("cpu", "bf16")
+    with autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    _, fp32 = train.pick_device("cpu", "fp32")
+    with fp32():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
