@@ -16,8 +16,11 @@ Per job: tok/s = batch * seq / seconds per step, the median over --repeats round
 steps each; ms/step; GFLOP/s = train_flops() / seconds per step, to hold against
 matmul_gflops, this machine's fp32 matmul roof measured in the same run; peak MB = the
 subprocess's peak resident memory (imports + model + training; "before" = the same before
-step 1), or torch.cuda.max_memory_allocated on CUDA. Plus LoRA inference merged vs unmerged,
-and the tokens an epoch on mr costs with length-bucketed batches vs padding to 128.
+step 1), or torch.cuda.max_memory_allocated on CUDA. Every job runs in fp32 and under bf16 autocast
+(`--precisions`; job suffix +bf16; Hugging Face's under the same autocast), each held against its own
+precision's matmul roof (matmul_gflops, matmul_bf16_gflops). Plus one real train.py epoch per
+`--epoch` method over its training pass alone (epoch_over_train_pass), LoRA inference merged vs
+unmerged, and the tokens an epoch on mr costs with length-bucketed batches vs padding to 128.
 
 Usage:
     python tools/bench.py                            # our methods
@@ -54,7 +57,7 @@ from model import BertConfig, ModelLoadError, default_model_dir, load_tokenizer 
 
 METHODS = tuple(methods.names())
 NUM_CLASSES, NUM_TRAIN = 2, 10_000  # a binary task; the fake training-set size CleaR's per-sample state indexes
-CHILD_FLAGS = ("batch", "seq", "steps", "warmup", "threads", "device", "model", "infer_batch")
+CHILD_FLAGS = ("batch", "seq", "steps", "warmup", "threads", "device", "model", "infer_batch", "epoch_train")
 
 
 def parse_args(argv=None):
@@ -79,7 +82,12 @@ def parse_args(argv=None):
     p.add_argument("--infer_batch", type=int, default=128, help="batch of the merged vs unmerged LoRA inference timing")
     p.add_argument("--no_infer", action="store_true", help="skip the merged vs unmerged LoRA inference timing")
     p.add_argument("--no_data", action="store_true", help="skip the mr padding figure")
-    p.add_argument("--roof_n", type=int, default=2048, help="matrix size of the fp32 matmul roof")
+    p.add_argument("--roof_n", type=int, default=2048, help="matrix size of the fp32 and bf16 matmul roofs")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma list: fp32, bf16 (autocast, train.py "
+                   "--precision bf16) - every job is timed in each; bf16 is skipped where the CPU lacks it")
+    p.add_argument("--epoch", default="lora", help="comma list of methods whose whole epoch is timed against its "
+                   "training pass (a real train.py epoch on --epoch_train mr snippets); '' for none")
+    p.add_argument("--epoch_train", type=int, default=1000, help="training examples of the --epoch run")
     p.add_argument("--only", default=None, help="run one job in this process (a method, hf_lora or lora_infer; "
                                                 "suffix @compile for torch.compile, @ckpt for grad checkpointing, "
                                                 "@plain for no speed paths, @-PATH for all speed paths but PATH) - "
@@ -92,6 +100,10 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print only the final JSON line")
     a = p.parse_args(argv)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    a.precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
+    a.epoch = [m.strip() for m in a.epoch.split(",") if m.strip()]
+    if set(a.precisions) - {"fp32", "bf16"} or not a.precisions:
+        p.error(f"--precisions: choose from fp32,bf16, got {a.precisions}")
     every = ["plain"] + [f"-{p}" for p in speedups.PATHS]
     a.variants = every if a.variants == "all" else [v.strip() for v in a.variants.split(",") if v.strip()]
     if set(a.variants) - set(every):
@@ -240,13 +252,29 @@ def paths_ab(a, device, autocast, sync, method):
     return out
 
 
+def epoch_job(a, method, bf16):
+    """One real train.py epoch (mr, a.epoch_train snippets, 1,000 test, 64 tokens): its wall time
+    (training pass + the evaluation passes + the detector) over its training pass alone."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        train.main(["--method", method, "--model", a.model, "--max_train", str(a.epoch_train), "--max_test", "1000",
+                    "--max_len", str(a.seq), "--epochs", "1", "--device", a.device, "--out", out, "--no_progress",
+                    "--precision", "bf16" if bf16 else "fp32"])
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            m = json.loads(f.readline())
+    return {"epoch_s": m["epoch_s"], "train_pass_s": m["train_pass_s"]}
+
+
 def run_job(job, a):
     """One job in this process: build, burn in, time a.repeats x a.steps steps."""
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     a.model = resolve_model_dir(a.model)
-    device, autocast = train.pick_device(a.device)
+    job, bf16 = (job[:-len("+bf16")], True) if job.endswith("+bf16") else (job, False)
+    device, autocast = train.pick_device(a.device, "bf16" if bf16 else "fp32")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if job.startswith("epoch@"):
+        return epoch_job(a, job.partition("@")[2], bf16)
     if job == "lora_infer":
         return lora_infer(a, device, autocast, sync)
     if job.startswith("paths_ab@"):
@@ -346,19 +374,24 @@ def data_side(a):
 
 def run_rounds(a, jobs, device, sync):
     """a.repeats rounds of: the fp32 matmul roof, then one subprocess per job, order reversed every other round."""
-    runs, roofs = {j: [] for j in jobs}, []
+    runs, roofs = {j: [] for j in jobs}, {"fp32": [], "bf16": []}
     for r in range(a.repeats):
-        x, y, z = (torch.randn(a.roof_n, a.roof_n, device=device) for _ in range(3))
-        secs = [timed(lambda: torch.mm(x, y, out=z), 1, sync) for _ in range(10)][2:]  # 2 untimed
-        roofs.append(2 * a.roof_n**3 / statistics.median(secs) / 1e9)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if name == "bf16" and "bf16" not in a.precisions:
+                continue  # the fp32 roof is always measured (matmul_gflops)
+            x, y, z = (torch.randn(a.roof_n, a.roof_n, device=device, dtype=dtype) for _ in range(3))
+            secs = [timed(lambda: torch.mm(x, y, out=z), 1, sync) for _ in range(10)][2:]  # 2 untimed
+            roofs[name].append(2 * a.roof_n**3 / statistics.median(secs) / 1e9)
         for job in (jobs if r % 2 == 0 else jobs[::-1]):
             if runs[job] and "error" in runs[job][-1]:
                 continue  # failed once (e.g. torch.compile cannot build here): out for good
             res = child(job, a)
             runs[job].append(res)
-            print(f"round {r + 1}/{a.repeats} {job}: " + (f"failed: {res['error']}" if "error" in res else
-                  f"{1000 * res['s_step'][0]:.0f} ms/step, peak {res['peak_mb']:.0f} MB"), file=sys.stderr)
-    return runs, statistics.median(roofs)
+            what = ("" if "error" in res else f"epoch {res['epoch_s']:.1f} s, training pass {res['train_pass_s']:.1f} s"
+                    if "epoch_s" in res else f"{1000 * res['s_step'][0]:.0f} ms/step, peak {res['peak_mb']:.0f} MB")
+            print(f"round {r + 1}/{a.repeats} {job}: " + (f"failed: {res['error']}" if "error" in res else what),
+                  file=sys.stderr)
+    return runs, {k: statistics.median(v) for k, v in roofs.items() if v}
 
 
 def summarise(a, cfg, runs, out, notes):
@@ -369,7 +402,15 @@ def summarise(a, cfg, runs, out, notes):
         notes += [f"{job} failed: {r['error']}" for r in results if "error" in r]
         if not ok:
             continue
-        key, method = job.replace("@-", "_no_").replace("@", "_"), job.partition("@")[0].removeprefix("hf_")
+        if job.startswith("epoch@"):  # a whole epoch over its training pass
+            key = job.partition("@")[2].replace("+bf16", "_bf16")
+            out[f"{key}_epoch_over_train_pass"] = statistics.median(r["epoch_s"] / r["train_pass_s"] for r in ok)
+            out[f"{key}_epoch_s"] = statistics.median(r["epoch_s"] for r in ok)
+            continue
+        bf16 = job.endswith("+bf16")
+        key = job.replace("+bf16", "_bf16").replace("@-", "_no_").replace("@", "_")
+        method = job.partition("@")[0].replace("+bf16", "").removeprefix("hf_")
+        roof = out["matmul_bf16_gflops" if bf16 else "matmul_gflops"]
         secs = [s for r in ok for s in r["s_step"]]
         plain = job.startswith("hf_") or job.endswith(("@plain", "@-cls_only"))  # the top layer in full
         cls_only = not plain and not methods.get(method).reads_all_tokens  # speedups.py, path 3
@@ -378,16 +419,17 @@ def summarise(a, cfg, runs, out, notes):
         out.update({f"{key}_tok_s": tok / s, f"{key}_ms_step": 1000 * s, f"{key}_gflops": flops / s / 1e9,
                     f"{key}_peak_mb": max(r["peak_mb"] for r in ok), f"{key}_before_mb": max(r["before_mb"] for r in ok)})
         rows.append(f"| {key} | {tok / s:,.0f} | {tok / max(secs):,.0f}-{tok / min(secs):,.0f} | {1000 * s:.0f} "
-                    f"| {flops / 1e9:.1f} | {flops / s / 1e9:.1f} | {100 * flops / s / 1e9 / out['matmul_gflops']:.0f}% "
+                    f"| {flops / 1e9:.1f} | {flops / s / 1e9:.1f} | {100 * flops / s / 1e9 / roof:.0f}% "
                     f"| {out[f'{key}_peak_mb']:.0f} | {out[f'{key}_before_mb']:.0f} |")
-    for m, sfx in [(m, sfx) for m in ("lora", "full") for sfx in ("", "_compile")]:  # ours / theirs
+    job_suffix = {"": "", "_compile": "@compile", "_bf16": "+bf16"}
+    for m, sfx in [(m, sfx) for m in ("lora", "full") for sfx in job_suffix]:  # ours / theirs
         if f"{m}{sfx}_tok_s" in out and f"hf_{m}{sfx}_tok_s" in out:  # > 1 is faster; < 1 is less memory
             out[f"{m}_vs_hf{sfx}"] = out[f"{m}{sfx}_tok_s"] / out[f"hf_{m}{sfx}_tok_s"]
             out[f"{m}_vs_hf_peak{sfx}"] = out[f"{m}{sfx}_peak_mb"] / out[f"hf_{m}{sfx}_peak_mb"]
             # the same ratio within each round (the two jobs ran back to back), median over rounds:
             # robust to the machine speeding up or slowing down between rounds
             pairs = [statistics.median(h["s_step"]) / statistics.median(o["s_step"])
-                     for o, h in zip(runs[m + sfx.replace("_", "@")], runs["hf_" + m + sfx.replace("_", "@")])
+                     for o, h in zip(runs[m + job_suffix[sfx]], runs["hf_" + m + job_suffix[sfx]])
                      if "error" not in o and "error" not in h]
             out[f"{m}_vs_hf_rounds{sfx}"] = pairs
             out[f"{m}_vs_hf_paired{sfx}"] = statistics.median(pairs)
@@ -401,14 +443,21 @@ def summarise(a, cfg, runs, out, notes):
             key = f"{m}_no_{off}" if off != "plain" else f"{m}_plain"
             if f"{m}_tok_s" in out:
                 out[f"{m}_speedup_{off}"] = out[f"{m}_tok_s"] / out[f"{key}_tok_s"]
+    for m in METHODS + tuple(f"hf_{m}" for m in ("lora", "full")):  # bf16 autocast over fp32, same job
+        if f"{m}_bf16_tok_s" in out and f"{m}_tok_s" in out:
+            out[f"{m}_bf16_vs_fp32"] = out[f"{m}_bf16_tok_s"] / out[f"{m}_tok_s"]
+    if "lora_epoch_over_train_pass" in out:
+        out["epoch_over_train_pass"] = out["lora_epoch_over_train_pass"]  # the headline: LoRA, fp32
     if "clear_ms_step" in out and "lora_ms_step" in out:  # CleaR's per-step cost over the LoRA it routes
         out["clear_vs_lora_step"] = out["clear_ms_step"] / out["lora_ms_step"]
     return rows
 
 
 def print_report(a, out, rows, notes):
+    bf16_roof = f", bf16 {out['matmul_bf16_gflops']:.1f}" if "matmul_bf16_gflops" in out else ""
     print(f"\ntorch {out['torch']}, {out['device']}, {a.threads} threads, batch {a.batch} x seq {a.seq}; median of "
-          f"{a.repeats} rounds x {a.steps} steps; fp32 matmul roof {out['matmul_gflops']:.1f} GFLOP/s\n\n"
+          f"{a.repeats} rounds x {a.steps} steps; matmul roof fp32 {out['matmul_gflops']:.1f}{bf16_roof} GFLOP/s "
+          "(a job's share is of its own precision's roof)\n\n"
           "| job | tok/s | range | ms/step | GFLOP/step | GFLOP/s | of roof | peak MB | before MB |\n"
           "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     for m in ("lora", "full"):
@@ -419,6 +468,16 @@ def print_report(a, out, rows, notes):
         if f"{m}_ckpt_act_mb_ratio" in out:
             print(f"{m} with grad checkpointing: {out[f'{m}_ckpt_act_mb_ratio']:.2f}x the activation memory "
                   f"(peak - before), {out[f'{m}_ckpt_speed_ratio']:.2f}x the tokens/s")
+        if f"{m}_vs_hf_bf16" in out:
+            print(f"ours / Hugging Face, {m}, both under bf16 autocast: {out[f'{m}_vs_hf_bf16']:.2f}x the tokens/s "
+                  f"(per-round median {out[f'{m}_vs_hf_paired_bf16']:.2f}x); {out[f'{m}_vs_hf_peak_bf16']:.2f}x the peak memory")
+    for m in METHODS + ("hf_lora", "hf_full"):
+        if f"{m}_bf16_vs_fp32" in out:
+            print(f"{m}: bf16 autocast {out[f'{m}_bf16_vs_fp32']:.2f}x the tokens/s of fp32")
+        for sfx in ("", "_bf16"):
+            if f"{m}{sfx}_epoch_over_train_pass" in out:
+                print(f"{m}{sfx}: one epoch ({a.epoch_train} mr snippets, 1,000 test) "
+                      f"{out[f'{m}{sfx}_epoch_s']:.1f} s = {out[f'{m}{sfx}_epoch_over_train_pass']:.2f}x its training pass")
     if "clear_vs_lora_step" in out:
         print(f"CleaR (LoRA) / LoRA: {out['clear_vs_lora_step']:.2f}x the time per step")
     for m in METHODS:
@@ -461,9 +520,19 @@ def main(argv=None):
     jobs += [j + "@compile" for j in jobs] if a.compile else []
     jobs += [m + "@ckpt" for m in a.methods] if a.grad_checkpointing else []
     jobs += [f"{m}@{v}" for m in a.methods for v in a.variants]
-    runs, roof = run_rounds(a, jobs, device, sync)
+    bf16_ok = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if "bf16" in a.precisions and not bf16_ok:
+        notes.append("this CPU has no bf16 instructions: bf16 jobs skipped")
+        a.precisions = [x for x in a.precisions if x != "bf16"] or ["fp32"]
+    base = [j for j in jobs if "@" not in j]
+    jobs = (jobs if "fp32" in a.precisions else [j for j in jobs if "@" in j]) \
+        + ([j + "+bf16" for j in base] if "bf16" in a.precisions else [])
+    jobs += [f"epoch@{m}" + sfx for m in a.epoch for sfx in (["", "+bf16"] if "bf16" in a.precisions else [""])]
+    runs, roofs = run_rounds(a, jobs, device, sync)
     out = {"torch": torch.__version__, "device": device.type, "threads": a.threads, "batch": a.batch, "seq": a.seq,
-           "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roof}
+           "steps": a.steps, "repeats": a.repeats, "matmul_gflops": roofs.get("fp32")}
+    if "bf16" in roofs:
+        out["matmul_bf16_gflops"] = roofs["bf16"]
     rows = summarise(a, cfg, runs, out, notes)
     for m in a.methods if a.paths_ab else []:
         res = child(f"paths_ab@{m}", a, repeats=a.repeats)
