@@ -190,7 +190,14 @@ PICTURES = {
 
 def readme_blocks(grid, root, assets):
     """{marker key: markdown} for every table and picture of this grid that has runs."""
-    blocks = {}
+    everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
+    blocks = {"table-all": report.table(everything, ["selected_val_acc", "det_auroc"])} if everything else {}
+    sweep_cells = [c for c in grid if not c.method.startswith(("clear", "match", "loramoe"))]
+    capacity = finished_runs(sweep_cells, root)
+    if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full
+        path = os.path.join(assets, "capacity_20ng.png")
+        report.plot_capacity(capacity, path)
+        blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
     for dataset in sorted({c.dataset for c in grid}):
         runs = finished_runs(grid, root, dataset=dataset, method=MAIN_METHODS)
         if not runs:

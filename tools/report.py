@@ -139,6 +139,39 @@ def plot_memorisation(runs, path):
     print(f"wrote {path}")
 
 
+def cell_name(cfg):
+    """A grid cell's method folder (experiments.py: <dataset>/<noise><rate>/<method>/s<seed>), else its label."""
+    parts = os.path.normpath(cfg.get("out") or "").split(os.sep)
+    return parts[-2] if len(parts) >= 2 and parts[-1].startswith("s") else methods.label(cfg)
+
+
+def plot_capacity(runs, path):
+    """Claim 1 at equal fit: each run's memorised share of the truly noisy training labels against its
+    accuracy on the truly clean ones after the last epoch - PEFT memorising less than full fine-tuning
+    means lying lower at the same clean fit, not merely fitting less. Colour: trained (PEFT) kind."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colours = {}
+    for s, m in runs:
+        cfg = s["config"]
+        kind = methods.get(cfg["method"]).kind(argparse.Namespace(**cfg))
+        first = kind not in colours  # label each kind's colour once
+        colour = colours.setdefault(kind, f"C{len(colours)}")
+        x, y = 100 * s["train_clean_acc"], 100 * s["noisy_memorized"]
+        ax.scatter(x, y, color=colour, label=kind if first else None)
+        ax.annotate(cell_name(cfg), (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("accuracy on the truly clean training labels (%), last epoch")
+    ax.set_ylabel("truly noisy labels memorised (%), last epoch")
+    first = runs[0][0]["config"]
+    ax.set_title(f"{os.path.basename(first['dataset'])}, {first['noise']} {first['noise_rate']:g}: "
+                 "memorisation against fit", fontsize=9)
+    ax.legend(fontsize=7, title="trained", title_fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def plot_curves(runs, keys, path, ylabel):
     """Per-epoch curves of chosen metrics.jsonl keys, one panel per run (e.g. LoRAMoE's
     expert-group shares, or Match-Tuning's same- vs different-label mixing mass)."""
