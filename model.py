@@ -235,10 +235,17 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.prefix = None  # a module returning per-layer (key, value) pairs, or None
         self.cls_only = False  # True: the top layer computes [CLS] alone (a speed path, speedups.py)
+        self.encoder_always_eval = False  # True: train() leaves the encoder in eval mode (a linear probe, peft.py)
         self.head_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)  # always trainable
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.encoder_always_eval:
+            self.encoder.eval()  # fixed features: no dropout inside the frozen encoder
+        return self
 
     def features(self, input_ids, attention_mask, gates=None):
         """The final [CLS] hidden state (B, C)."""

@@ -198,6 +198,29 @@ class Full(PeftKind):
 
 
 # ----------------------------------------------------------------------------
+# Linear probe: the head alone, on fixed features of the frozen encoder
+
+@register
+@dataclass
+class Probe(PeftKind):
+    """Linear probe (peft.py): only the classifier head trains, on the [CLS] features of the frozen
+    pretrained encoder, which stays in eval mode (no dropout) so the features are fixed - the
+    baseline a practitioner tries first (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained
+    Features and Underperform Out-of-Distribution", compare it with full fine-tuning)."""
+    name: ClassVar[str] = "probe"
+    default_lr: ClassVar[float] = 1e-2
+
+    def inject(self, model):
+        model.encoder_always_eval = True
+
+    def fold(self, layer, gate):
+        pass  # the encoder is plain BERT
+
+    def trainable_params(self, bert, num_classes):
+        return head_params(bert, num_classes)
+
+
+# ----------------------------------------------------------------------------
 # LoRA (Hu et al. 2021, Sec. 4.1)
 
 class LoRALinear(nn.Module):

@@ -40,7 +40,7 @@ def logits_of(model, tokenizer, hooks, texts=TEXTS):
     return torch.tensor(run_predict(model, ids, 8, torch.device("cpu"), nullcontext, hooks))
 
 
-FOLDABLE = [("--method", "full"), ("--method", "lora"), ("--method", "lora", "--lora_targets", "all-linear"),
+FOLDABLE = [("--method", "full"), ("--method", "probe"), ("--method", "lora"), ("--method", "lora", "--lora_targets", "all-linear"),
             ("--method", "bitfit"), ("--method", "clear", "--peft", "lora", "--clear_eval", "expected"),
             ("--method", "clear", "--peft", "bitfit", "--clear_eval", "all"), ("--method", "match", "--peft", "lora")]
 

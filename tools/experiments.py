@@ -118,7 +118,7 @@ GRIDS["clear-recipe"] = (cells(["20ng"], [("sym", 0.4)], RECIPE, [0, 1, 2], {"20
 # each PEFT kind at its default learning rate and a lower and higher one, LoRA at three ranks (alpha/r fixed,
 # so only capacity changes), a wider adapter, Match-Tuning's tau and LoRAMoE's rate; 20 Newsgroups sym 0.4
 LR_VARIANTS = {"lora": (5e-4, 5e-3), "full": (1e-5, 1e-4, 3e-4), "bitfit": (1e-3, 2e-2), "adapter": (5e-4, 5e-3),
-               "prefix": (5e-3,)}
+               "prefix": (5e-3,), "probe": (1e-3, 1e-1)}
 for _kind, _rates in LR_VARIANTS.items():
     VARIANTS.update({f"{_kind}-lr{r:g}": ["--method", _kind, "--lr", f"{r:g}"] for r in _rates})
 VARIANTS.update({"lora-r2": ["--method", "lora", "--lora_r", "2", "--lora_alpha", "4"],
@@ -130,7 +130,9 @@ GRIDS["lr-capacity"] = cells(["20ng"], [("sym", 0.4)],
                               "adapter-lr0.005", "match", "match-tau1", "match-tau10", "loramoe", "loramoe-lr2e-3",
                               "prefix", "prefix-lr0.005", "adapter-m64",
                               # added when full's and BitFit's best rate sat at the edge of the first range
-                              "full-lr0.0003", "bitfit-lr0.02"], [0], {"20ng": CPU_DATA})
+                              "full-lr0.0003", "bitfit-lr0.02",
+                              # the linear probe: the head alone on the frozen encoder's fixed features
+                              "probe", "probe-lr0.001", "probe-lr0.1"], [0], {"20ng": CPU_DATA})
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
