@@ -41,4 +41,19 @@ def test_variants_are_never_pooled_as_seeds(tmp_path):
     lines = report.table(report.load_runs([str(tmp_path)])).splitlines()
     rows = [line for line in lines[2:]]
     assert len(rows) == 2 and all("| 2 |" in row for row in rows)
-    assert any("lora, loss_ema 0.9" in row for row in rows) and any("lora, loss_ema 0.0" in row for row in rows)
+    # the run at train.py's default (0.9) is named plainly, the other by the setting it changes
+    assert any("| lora |" in row for row in rows) and any("| lora, loss_ema 0.0 |" in row for row in rows)
+
+
+def test_variant_names_fall_back_to_every_setting_when_short_names_would_collide(tmp_path):
+    """Two runs off the default in different settings are named by what they change; if naming only
+    the non-default settings cannot tell runs apart, every differing setting is named."""
+    for name, changes in (("a", {"lr": 1e-3}), ("b", {"lr": 5e-3}), ("c", {"lr": 1e-3, "epochs": 8})):
+        fake_run(tmp_path, name, 0, 0.6, method="lora")
+        path = tmp_path / name / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["config"].update(changes)
+        path.write_text(json.dumps(summary))
+    rows = report.table(report.load_runs([str(tmp_path)])).splitlines()[2:]
+    assert len(rows) == 3 and all("| 1 |" in row for row in rows)
+    assert len({row.split("|")[3] for row in rows}) == 3

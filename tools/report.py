@@ -50,21 +50,52 @@ def group_key(cfg, by_lr=False, variant=()):
     """(dataset, noise, method label); `variant`: config keys whose values are added to the label."""
     noise = "none" if cfg["noise"] == "none" else f"{cfg['noise']} {cfg['noise_rate']:g}"
     method = methods.label(cfg) + (f", lr {cfg['lr']:g}" if by_lr else "")
-    method += "".join(f", {k} {cfg.get(k)}" for k in variant)
+    method += "".join(f", {k} {cfg[k] if k in cfg else defaults(cfg['method']).get(k)}" for k in variant)
     return (os.path.basename(cfg["dataset"]), noise, method)
+
+
+def defaults(method):
+    """train.py's current defaults for `method` (its settings as `--method NAME` alone gives them)."""
+    import train
+    if method not in _DEFAULTS:
+        _DEFAULTS[method] = vars(train.parse_args(["--method", method]))
+    return _DEFAULTS[method]
+
+
+_DEFAULTS = {}
+
+
+def setting(cfg, key):
+    """A run's value of a setting; one it lacks comes from a version without that setting: the default."""
+    return repr(cfg[key]) if key in cfg else repr(defaults(cfg["method"]).get(key))
 
 
 def variant_keys(configs):
     """{row: settings} - for each (dataset, noise, method label) row, the settings (other than the seed
     and the like) that differ between its runs: the row then splits by them, so variants are never
-    pooled as seeds, and a row names only the settings that tell it from its own siblings."""
+    pooled as seeds."""
     rows = defaultdict(list)
     for cfg in configs:
         rows[group_key(cfg)].append(cfg)
-    # a key a run lacks comes from a version without that setting: its default, not a variant
     return {row: tuple(sorted(k for k in set().union(*cfgs) - NOT_VARIANTS
-                              if len({repr(c[k]) for c in cfgs if k in c}) > 1))
+                              if len({setting(c, k) for c in cfgs}) > 1))
             for row, cfgs in rows.items()}
+
+
+def short_variants(configs, variants):
+    """{row: f(cfg) -> the keys to name}: of a row's differing settings, only those where the run departs
+    from train.py's default - unless that would give two different settings one name, then all of them."""
+    by_row = defaultdict(list)
+    for cfg in configs:
+        by_row[group_key(cfg)].append(cfg)
+    out = {}
+    for row, cfgs in by_row.items():
+        keys = variants[row]
+        pick = lambda cfg, keys=keys: tuple(k for k in keys if setting(cfg, k) != repr(defaults(cfg["method"]).get(k)))
+        settings = {tuple(setting(c, k) for k in keys) for c in cfgs}
+        names = {tuple((k, setting(c, k)) for k in pick(c)) for c in cfgs}
+        out[row] = pick if len(names) == len(settings) else (lambda cfg, keys=keys: keys)
+    return out
 
 
 def fmt(values, scale=100.0, digits=1):
@@ -80,9 +111,10 @@ def table(runs, extra_columns=(), by_lr=False):
     """A markdown table, one row per (dataset, noise, method, distinguishing settings), seeds aggregated:
     test accuracy at the epoch chosen on noisy validation data, at the best epoch (an oracle) and the last."""
     groups, variants = defaultdict(list), variant_keys([s["config"] for s, _ in runs])
+    short = short_variants([s["config"] for s, _ in runs], variants)
     for summary, metrics in runs:  # extra columns may come from the last epoch's metrics
         cfg = summary["config"]
-        variant = tuple(k for k in variants[group_key(cfg)] if not (by_lr and k == "lr"))
+        variant = tuple(k for k in short[group_key(cfg)](cfg) if not (by_lr and k == "lr"))
         val = [m["val_acc"] for m in metrics if m.get("val_acc") is not None]
         selected_val = {"selected_val_acc": max(val)} if val else {}  # the noisy-validation accuracy selected on
         groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val})
