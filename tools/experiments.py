@@ -125,7 +125,7 @@ VARIANTS.update({"lora-r2": ["--method", "lora", "--lora_r", "2", "--lora_alpha"
                  "lora-r32": ["--method", "lora", "--lora_r", "32", "--lora_alpha", "64"],
                  "adapter-m64": ["--method", "adapter", "--adapter_size", "64"]})
 GRIDS["lr-capacity"] = cells(["20ng"], [("sym", 0.4)],
-                             ["adapter", "full", "full-lr1e-05", "full-lr0.0001", "lora-lr0.0005", "lora-lr0.005",
+                             ["lora", "adapter", "full", "full-lr1e-05", "full-lr0.0001", "lora-lr0.0005", "lora-lr0.005",
                               "bitfit", "bitfit-lr0.001", "lora-r2", "lora-r32", "adapter-lr0.0005",
                               "adapter-lr0.005", "match", "match-tau1", "match-tau10", "loramoe", "loramoe-lr2e-3",
                               "prefix", "prefix-lr0.005", "adapter-m64",
