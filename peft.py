@@ -99,7 +99,7 @@ def add_flags(parser, cls):
 class PeftKind:
     """Base of every registry entry. Subclasses are dataclasses of the kind's settings."""
     name: ClassVar[str]                       # --method NAME / --peft NAME
-    default_lr: ClassVar[float]               # peak learning rate, measured on clean mr (README)
+    default_lr: ClassVar[float]               # peak learning rate, chosen on noisy validation data (README, fair test)
     clear_base_rate: ClassVar[float | None] = None  # CleaR's gate rate r (official code); None: not routable
     trains_base: ClassVar[bool] = False       # True: every pretrained weight trains (full fine-tuning)
     standalone: ClassVar[bool] = True         # offered as --method NAME and --peft NAME
@@ -181,7 +181,7 @@ def _per_sample(gate, like):
 class Full(PeftKind):
     """Full fine-tuning: every weight trains."""
     name: ClassVar[str] = "full"
-    default_lr: ClassVar[float] = 3e-5
+    default_lr: ClassVar[float] = 1e-4
     trains_base: ClassVar[bool] = True
 
     def inject(self, model):
@@ -460,7 +460,7 @@ class Prefix(PeftKind):
     """Prefix tuning (peft.py, Li & Liang 2021)"""
     name: ClassVar[str] = "prefix"
     param_prefixes: ClassVar[tuple] = ("prefix_",)
-    default_lr: ClassVar[float] = 2e-2
+    default_lr: ClassVar[float] = 5e-3
     clear_base_rate: ClassVar[float] = 0.85
     fold_note: ClassVar[str] = "it adds trained key/value positions to every attention, which BERT has no slot for"
     must_match: ClassVar[tuple] = ("prefix_len", "prefix_mlp", "prefix_mlp_hidden")

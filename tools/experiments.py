@@ -195,7 +195,7 @@ PICTURES = {
 def readme_blocks(grid, root, assets):
     """{marker key: markdown} for every table and picture of this grid that has runs."""
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
-    blocks = {"table-all": report.table(everything, ["selected_val_acc", "det_auroc"])} if everything else {}
+    blocks = {"table-all": report.table(everything, ["val_last3", "selected_val_acc", "det_auroc"])} if everything else {}
     sweep_cells = [c for c in grid if not c.method.startswith(("clear", "match", "loramoe"))]
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full

@@ -116,7 +116,9 @@ def table(runs, extra_columns=(), by_lr=False):
         cfg = summary["config"]
         variant = tuple(k for k in short[group_key(cfg)](cfg) if not (by_lr and k == "lr"))
         val = [m["val_acc"] for m in metrics if m.get("val_acc") is not None]
-        selected_val = {"selected_val_acc": max(val)} if val else {}  # the noisy-validation accuracy selected on
+        # the noisy-validation accuracy of the selected epoch, and its mean over the last three epochs (the
+        # saved model is the last epoch's; three epochs average out some of a small split's noise)
+        selected_val = {"selected_val_acc": max(val), "val_last3": float(np.mean(val[-3:]))} if val else {}
         groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val})
     head = ["dataset", "noise", "method", "seeds", "selected acc", "best acc", "last acc", "clean train acc",
             "memorised", "realised noise", "trainable", *extra_columns]
@@ -171,16 +173,11 @@ def plot_memorisation(runs, path):
     print(f"wrote {path}")
 
 
-def cell_name(cfg):
-    """A grid cell's method folder (experiments.py: <dataset>/<noise><rate>/<method>/s<seed>), else its label."""
-    parts = os.path.normpath(cfg.get("out") or "").split(os.sep)
-    return parts[-2] if len(parts) >= 2 and parts[-1].startswith("s") else methods.label(cfg)
-
-
 def plot_capacity(runs, path):
     """Claim 1 at equal fit: each run's memorised share of the truly noisy training labels against its
     accuracy on the truly clean ones after the last epoch - PEFT memorising less than full fine-tuning
-    means lying lower at the same clean fit, not merely fitting less. Colour: trained (PEFT) kind."""
+    means lying lower at the same clean fit, not merely fitting less. Colour: trained (PEFT) kind;
+    each point is labelled with its learning rate (and LoRA rank or adapter width when not the default)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     colours = {}
@@ -191,7 +188,9 @@ def plot_capacity(runs, path):
         colour = colours.setdefault(kind, f"C{len(colours)}")
         x, y = 100 * s["train_clean_acc"], 100 * s["noisy_memorized"]
         ax.scatter(x, y, color=colour, label=kind if first else None)
-        ax.annotate(cell_name(cfg), (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        extra = "".join(f", {k} {cfg[k]}" for k in ("lora_r", "adapter_size")  # the capacity knobs, if moved
+                        if kind in k and k in cfg and cfg[k] != defaults(cfg["method"]).get(k))
+        ax.annotate(f"lr {cfg['lr']:g}{extra}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel("accuracy on the truly clean training labels (%), last epoch")
     ax.set_ylabel("truly noisy labels memorised (%), last epoch")
     first = runs[0][0]["config"]
