@@ -112,8 +112,8 @@ def load_exported(out_dir, fast=True):
         raise ExportError(f"{path}: not a config written by --export_hf ({e!r})") from None
     encoder = Encoder(BertConfig.from_json(path))
     weights = os.path.join(out_dir, "model.safetensors")
-    load_encoder_weights(encoder, weights)
-    state = read_safetensors(weights)
+    state = read_safetensors(weights)  # read once: the encoder, the pooler and the classifier
+    load_encoder_weights(encoder, weights, state)
     C = encoder.config.hidden_size
     if not torch.equal(state.get("bert.pooler.dense.weight", torch.empty(0)), torch.eye(C) * eps):
         raise ModelLoadError(f"{weights}: the pooler is not the export's eps * identity; a trained pooler "

@@ -303,9 +303,10 @@ def read_safetensors(path):
         raise ModelLoadError(f"{path}: cannot read safetensors ({e}); the file is corrupt or truncated") from None
 
 
-def load_encoder_weights(encoder, path):
-    """Copy a Hugging Face BERT safetensors file into `encoder`, checking every name and shape."""
-    state = read_safetensors(path)
+def load_encoder_weights(encoder, path, state=None):
+    """Copy a Hugging Face BERT safetensors file into `encoder`, checking every name and shape
+    (`state`: the file's tensors, if the caller has read them already)."""
+    state = read_safetensors(path) if state is None else state
     if any(k.startswith("bert.") for k in state):
         state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
     name_map = hf_name_map(encoder.config)
