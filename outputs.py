@@ -69,12 +69,3 @@ def write_run_outputs(out, log, class_names, train, noise_all, train_logits, fit
             log(line)
     return summary
 
-
-def noise_from_file_or_model(args, true, class_names, features_fn, log):
-    """The observed labels of the training split: read from --noisy_labels, or drawn by --noise."""
-    if args.noisy_labels:
-        observed = noise.read_noisy_labels(args.noisy_labels, true, class_names)
-        log(f"noise: observed labels read from {args.noisy_labels} (--noise and --noise_rate not used)")
-        return observed
-    features = features_fn() if args.noise == "idn" else None  # the pretrained encoder's view of each sample
-    return noise.add_noise(true, args.noise, args.noise_rate, len(class_names), seed=args.seed, features=features)

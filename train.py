@@ -191,8 +191,14 @@ def noisy_split(args, ds, model, tokenizer, device, log):
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
     test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
     true, K = ds.train.labels, len(ds.class_names)
-    features = lambda: sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
-    observed = outputs.noise_from_file_or_model(args, true, ds.class_names, features, log)
+    if args.noisy_labels:  # a given noise draw (a run's noisy_labels.csv) instead of --noise
+        observed = noise.read_noisy_labels(args.noisy_labels, true, ds.class_names)
+        log(f"noise: observed labels read from {args.noisy_labels} (--noise and --noise_rate not used)")
+    else:
+        features = None
+        if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
+            features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
+        observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
     is_val = data.validation_split(observed, args.val_fraction, args.seed)
     part = lambda keep: ([train_ids[i] for i in np.flatnonzero(keep)], true[keep], observed[keep])
     train, val = part(~is_val), part(is_val)
