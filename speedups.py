@@ -5,10 +5,14 @@ model.py computes (tests/test_speedups.py checks every one against it), only fas
 calls it unless --no_speedups. bench.py measures what each one pays (`--speedups`).
 
 1) Cheaper dropout on the CPU. PyTorch's CPU generator is serial, one draw per element,
-   so dropout was ~18% of a LoRA training step (torch.profiler). One 32-bit draw here
-   yields two 16-bit uniforms: an element is dropped when its uniform falls in the lowest
-   round(p * 65536) of the 65536 values, so p is rounded to a multiple of 1/65536
-   (0.1 -> 0.100006), and kept elements are scaled by 1 / (1 - that rounded p).
+   so dropout was ~18% of a fp32 LoRA training step and ~37% of a bf16 one (torch.profiler:
+   the draws, then `where` forward and backward). Here one draw from torch's generator seeds
+   numpy's PCG64, whose 64-bit outputs (~5x torch's rate) give four 16-bit uniforms each; an
+   element is dropped when its uniform falls in the lowest round(p * 65536) of the 65536
+   values, so p is rounded to a multiple of 1/65536 (0.1 -> 0.100006), and kept elements are
+   scaled by 1 / (1 - that rounded p). The mask is a float tensor, so forward and backward are
+   one multiply each (fp32: the scale folded into the mask; bf16: an exact 0/1 mask, then the
+   scale, as a bf16 mask value would round it by 0.2%). torch.manual_seed still decides every mask.
 2) Attention with dropout by hand on the CPU. SDPA's CPU kernels cannot drop attention
    weights (its fallback is these lines with F.dropout), so training writes the softmax
    out to use sampler 1). Evaluation and CUDA keep SDPA.
@@ -16,6 +20,11 @@ calls it unless --no_speedups. bench.py measures what each one pays (`--speedups
    so that layer's query side (query, attention output, FFN) runs for one position: the
    same logits and gradients, ~1/L less work. A method that reads every top-layer token
    (LoRAMoE's balance loss) keeps the full layer (methods.Method.reads_all_tokens).
+4) Frozen weights cast once under autocast. Autocast casts every weight to bf16 at every
+   call - ~10% of a bf16 LoRA step and ~14% of a bf16 evaluation pass (the `copy_` rows of
+   torch.profiler) for weights that never change. A frozen model.Linear keeps its bf16 copy
+   until the weight changes (its version counter, as an in-place update, merge or load bumps
+   it, or its storage, as .to() moves it): the same bf16 values, so the same outputs.
 
 Measured and dropped in the renovation: no attention mask for a batch without padding
 (within +-4% of the masked step and evaluation forward in every alternating measurement,
@@ -32,22 +41,34 @@ Usage:
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Attention
+from model import Attention, Linear
 
-PATHS = ("dropout", "attention", "cls_only")  # what enable() switches on
+PATHS = ("dropout", "attention", "cls_only", "cast_cache")  # what enable() switches on
+
+
+BF16_ONE = np.uint16(0x3F80)  # the bit pattern of 1.0 in bfloat16
+
+
+def keep_mask(n, p):
+    """(n,) numpy bool, True = keep: 16-bit uniforms from a PCG64 stream seeded by torch's generator."""
+    seed = int(torch.randint(0, 2 ** 62, (1,)))
+    uniforms = np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform on [-32768, 32767]
+    return uniforms >= round(p * 65536) - 32768
 
 
 def cheap_dropout(x, p):
-    """Inverted dropout drawing half the random numbers F.dropout draws (path 1)."""
-    n = x.numel()
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-2 ** 31, 2 ** 31)
-    u = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    n_drop = round(p * 65536)
-    return torch.where(u >= n_drop - 32768, x * (65536 / (65536 - n_drop)), 0.0)
+    """Inverted dropout on a CPU tensor with sampler 1); float32 and bfloat16 (else F.dropout)."""
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        return F.dropout(x, p, True)
+    keep, scale = keep_mask(x.numel(), p), 65536 / (65536 - round(p * 65536))
+    if x.dtype == torch.float32:
+        return x * torch.from_numpy(np.multiply(keep, np.float32(scale), dtype=np.float32)).view(x.shape)
+    return x * torch.from_numpy(keep.view(np.uint8) * BF16_ONE).view(torch.bfloat16).view(x.shape) * scale
 
 
 class CheapDropout(nn.Dropout):
@@ -72,12 +93,45 @@ class HandAttention(Attention):
         return cheap_dropout(scores.softmax(-1), self.p) @ v        # (B, nh, T, hs)
 
 
+def autocast_dtype(device_type):
+    """The dtype autocast casts to on this device type, or None when autocast is off."""
+    try:  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except TypeError:  # torch 2.1 - 2.3
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+class CastCacheLinear(Linear):
+    """model.Linear that, frozen and under autocast, reuses its weight cast until the weight
+    changes (path 4). No state of its own besides the cache, so switch() re-classes in place."""
+
+    def forward(self, x, gate=None):
+        w = self.weight
+        dtype = None if w.requires_grad else autocast_dtype(w.device.type)
+        if dtype is None or dtype == w.dtype:
+            return F.linear(x, w, self.bias)
+        key = (w.data_ptr(), w._version, dtype)
+        if getattr(self, "_cast_key", None) != key:
+            with torch.no_grad():
+                self._cast_weight, self._cast_key = w.to(dtype), key
+        return F.linear(x, self._cast_weight, self.bias)  # autocast casts x and the bias, not this weight
+
+
 def switch(model, path, on=True):
     """Turn one speed path of a model.Classifier on or off, in place; returns the model."""
     if path not in PATHS:
         raise ValueError(f"unknown speed path {path!r}; choose from {', '.join(PATHS)}")
     if path == "cls_only":
         model.cls_only = on
+        return model
+    if path == "cast_cache":  # the same parameters: only the class changes
+        old, new = (Linear, CastCacheLinear) if on else (CastCacheLinear, Linear)
+        for m in model.modules():
+            if type(m) is old:
+                m.__class__ = new
+                m.__dict__.pop("_cast_weight", None), m.__dict__.pop("_cast_key", None)
         return model
     plain, fast = {"dropout": (nn.Dropout, CheapDropout), "attention": (Attention, HandAttention)}[path]
     old, new = (plain, fast) if on else (fast, plain)

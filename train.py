@@ -40,7 +40,7 @@ import outputs
 import peft
 import routing
 import speedups
-from evaluation import epoch_metrics, predict, sentence_embeddings
+from evaluation import epoch_metrics, evaluation_model, folds, predict, sentence_embeddings
 from mixture import LossDetector
 from model import Classifier, ModelLoadError, count_params, default_model_dir, load_pretrained
 
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--noise_rate", type=float, default=0.4, help="noise rate r in [0, 1)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size")
-    p.add_argument("--eval_batch_size", type=int, default=128, help="batch size for evaluation passes")
+    p.add_argument("--eval_batch_size", type=int, default=64, help="batch size for evaluation passes")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the PEFT kind's, peft.py)")
     p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on biases/LayerNorm)")
     p.add_argument("--warmup_ratio", type=float, default=0.1, help="fraction of steps with linear LR warm-up")
@@ -247,7 +247,8 @@ def run(args):
     forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     pad_to = args.max_len if args.pad_to_max_len else None
-    evaluate = lambda ids: predict(model, ids, args.eval_batch_size, device, autocast, hooks, pad_to, rank, world)
+    fold = folds(model, hooks)  # the evaluation passes run on the model folded each epoch, where it folds
+    evaluate = lambda m, ids: predict(m, ids, args.eval_batch_size, device, autocast, hooks, pad_to, rank, world)
 
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
@@ -258,8 +259,10 @@ def run(args):
         bar = None if args.no_progress or not main_rank or not sys.stderr.isatty() else f"epoch {epoch + 1}/{args.epochs}"
         stats = engine.train_epoch(forward, model, hooks, batches, opt, sched, args.grad_clip, autocast, device,
                                    steps, bar)
-        test_logits, train_logits = evaluate(test_ids), evaluate(train_ids)  # one pass serves every metric
-        val_pred = evaluate(val[0]).argmax(1) if len(val[0]) else None
+        eval_model = evaluation_model(model, hooks, fold)
+        test_logits, train_logits = evaluate(eval_model, test_ids), evaluate(eval_model, train_ids)  # one pass
+        val_pred = evaluate(eval_model, val[0]).argmax(1) if len(val[0]) else None       # serves every metric
+        del eval_model
         fit = detector.update(train_logits, observed)  # clean probabilities from the (smoothed) losses
         hooks.end_epoch(epoch, train_logits, observed, fit)
         train_pass_s = stats.pop("train_pass_s")
@@ -278,7 +281,8 @@ def run(args):
                                            hooks, detector, wall_before + time.time() - t_start)
 
     if start_epoch == args.epochs:  # resumed after the last epoch: the final passes again, for the outputs
-        test_logits, train_logits = evaluate(test_ids), evaluate(train_ids)
+        eval_model = evaluation_model(model, hooks, fold)
+        test_logits, train_logits = evaluate(eval_model, test_ids), evaluate(eval_model, train_ids)
         fit = detector.current(train_logits, observed)
     dist.barrier()  # every rank has finished before rank 0 writes the results
     if not main_rank:

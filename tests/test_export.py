@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import evaluation
 import export
 import peft
 import predict
@@ -49,6 +50,7 @@ FOLDABLE = [("--method", "full"), ("--method", "probe"), ("--method", "lora"), (
 def test_fold_and_export_reproduce_the_logits(tiny_model_dir, tmp_path, flags):
     model, tokenizer, hooks = built(tiny_model_dir, *flags)
     before = logits_of(model, tokenizer, hooks)
+    assert evaluation.folds(model, hooks)  # train.py's evaluation passes run folded
     plain = export.fold_model(model, hooks)
     assert not any(peft.is_peft_param(n) and not n.startswith("head.") for n, _ in plain.named_parameters())
     folded = logits_of(plain, tokenizer, Routing())
@@ -90,6 +92,7 @@ def test_what_cannot_fold_says_why(tiny_model_dir, flags, fragment):
     model, _, hooks = built(tiny_model_dir, *flags)
     with pytest.raises(export.ExportError, match=fragment):
         export.fold_model(model, hooks)
+    assert not evaluation.folds(model, hooks) and evaluation.evaluation_model(model, hooks, False) is model
 
 
 def test_load_exported_rejects_other_folders(tiny_model_dir, tmp_path):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import speedups
 from conftest import TINY_CONFIG, tiny_classifier
-from model import Attention, Encoder
-from speedups import CheapDropout, HandAttention, cheap_dropout
+from model import Attention, Encoder, Linear
+from speedups import CastCacheLinear, CheapDropout, HandAttention, cheap_dropout
 from test_peft import CASES, batch, perturb_trainable
 from peft import inject
 
@@ -30,6 +30,25 @@ def test_cheap_dropout_statistics_and_gradient():
     z = torch.randn(64, 64)
     assert torch.equal(drop.eval()(z), z) and torch.equal(CheapDropout(0.0).train()(z), z)
     assert abs((drop.train()(torch.ones(400, 400)) == 0).float().mean().item() - 0.3) < 0.01
+
+
+def test_cheap_dropout_bf16_rounds_once_and_is_seeded():
+    """bf16: a kept value is x * (1 / (1 - p)) rounded once to bf16, as F.dropout computes it (a
+    bf16 mask value of 1/(1-p) would be 1.109375, 0.16% low, and would round twice); the draws
+    repeat under torch.manual_seed and differ without it."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 512).bfloat16().requires_grad_()
+    y = cheap_dropout(x, 0.1)
+    keep = y != 0
+    scale = 65536 / (65536 - round(0.1 * 65536))
+    assert y.dtype == torch.bfloat16 and abs((~keep).float().mean().item() - 0.1) < 0.003
+    assert torch.equal(y[keep], (x.detach().float() * scale).bfloat16()[keep])
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (keep * scale).bfloat16())  # gradient = mask * scale
+    torch.manual_seed(5)
+    a = cheap_dropout(torch.ones(999), 0.5)
+    torch.manual_seed(5)
+    assert torch.equal(cheap_dropout(torch.ones(999), 0.5), a) and not torch.equal(cheap_dropout(torch.ones(999), 0.5), a)
 
 
 def test_hand_attention_is_sdpa_with_the_cheap_sampler(monkeypatch):
@@ -86,14 +105,43 @@ def test_enable_swaps_every_path_and_keeps_the_function(case):
     plain = perturb_trainable(inject(tiny_classifier(3), copy.deepcopy(CASES[case]))).eval()
     fast = speedups.enable(copy.deepcopy(plain))
     kinds = {type(m) for m in fast.modules()}
-    assert nn.Dropout not in kinds and Attention not in kinds and {CheapDropout, HandAttention} <= kinds
+    assert nn.Dropout not in kinds and Attention not in kinds and Linear not in kinds
+    assert {CheapDropout, HandAttention, CastCacheLinear} <= kinds
     assert not any(m.training for m in fast.modules())
     assert fast.cls_only and not plain.cls_only  # the textbook path is the default
     for ids, mask in (batch(), batch(lengths=(7, 7, 7, 7))):  # padded and unpadded
         torch.testing.assert_close(fast(ids, mask), plain(ids, mask), atol=1e-5, rtol=0)
     only = speedups.enable(copy.deepcopy(plain), cls_only=False, paths=("dropout",))
     assert Attention in {type(m) for m in only.modules()} and not only.cls_only
-    back = {type(m) for m in speedups.switch(speedups.switch(fast, "dropout", False), "attention", False).modules()}
-    assert CheapDropout not in back and HandAttention not in back and nn.Dropout in back  # switched off again
+    for path in ("dropout", "attention", "cast_cache"):
+        speedups.switch(fast, path, False)
+    back = {type(m) for m in fast.modules()}
+    assert not {CheapDropout, HandAttention, CastCacheLinear} & back and {nn.Dropout, Linear} <= back  # off again
     with pytest.raises(ValueError, match="unknown speed path"):
         speedups.enable(plain, paths=("turbo",))
+
+
+def test_cast_cache_is_autocast_and_follows_every_weight_change():
+    """Under bf16 autocast a frozen CastCacheLinear gives autocast's own output bit for bit,
+    before and after an in-place update (an optimizer step, a LoRA merge) and a load; a
+    trainable one is a plain Linear with its gradient; without autocast it is fp32."""
+    torch.manual_seed(0)
+    plain = Linear(24, 16).requires_grad_(False)
+    fast = speedups.switch(nn.Sequential(copy.deepcopy(plain)), "cast_cache")[0]
+    assert type(fast) is CastCacheLinear
+    x = torch.randn(5, 24)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    for change in (None, lambda m: m.weight.add_(0.5), lambda m: m.load_state_dict({"weight": torch.randn(16, 24),
+                                                                                   "bias": torch.randn(16)})):
+        if change:
+            torch.manual_seed(1)
+            change(plain)
+            torch.manual_seed(1)
+            change(fast)
+        with bf16():
+            assert torch.equal(fast(x), plain(x)) and fast(x).dtype == torch.bfloat16
+        assert torch.equal(fast(x), plain(x)) and fast(x).dtype == torch.float32
+    plain.requires_grad_(True), fast.requires_grad_(True)
+    with bf16():
+        plain(x).float().sum().backward(), fast(x).float().sum().backward()
+    assert torch.equal(fast.weight.grad, plain.weight.grad)
