@@ -162,18 +162,8 @@ def _subset(split: Split, idx: np.ndarray) -> Split:
 # ------------------------------------------------------------------- user files
 def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
     """(line number, text, label string) for every example in a csv/tsv/jsonl file."""
-    ext = path.suffix.lower()
-    if ext not in USER_EXTENSIONS:
-        raise DataError(f"{path}: unsupported extension '{ext}' (use {', '.join(USER_EXTENSIONS)})")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        rows = _read_rows(path, ext)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                        "save the file as UTF-8") from None
     out = []
-    for line_no, text, label in rows:
+    for line_no, text, label in read_columns(path, ("text", "label")):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: line {line_no}: empty or non-string text")
         if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip():
@@ -183,9 +173,24 @@ def _read_user_file(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def _read_rows(path: Path, ext: str) -> list[tuple[int, object, object]]:
-    """(line number, text, label) as found in the file, before any check of their values."""
-    rows = []
+def read_columns(path, columns: tuple[str, ...]) -> list[tuple]:
+    """(line number, *values of `columns`) for every record of a csv/tsv/jsonl file, as found -
+    before any check of the values (the training data here, texts to classify in predict.py)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in USER_EXTENSIONS:
+        raise DataError(f"{path}: unsupported extension '{ext}' (use {', '.join(USER_EXTENSIONS)})")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return _read_rows(path, ext, columns)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                        "save the file as UTF-8") from None
+
+
+def _read_rows(path: Path, ext: str, columns: tuple[str, ...]) -> list[tuple]:
+    rows, need = [], " and ".join(f"'{c}'" for c in columns)
     with open(path, encoding="utf-8-sig", newline="") as f:
         if ext == ".jsonl":
             for line_no, line in enumerate(f, 1):
@@ -195,25 +200,23 @@ def _read_rows(path: Path, ext: str) -> list[tuple[int, object, object]]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}: line {line_no}: malformed JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or not {"text", "label"} <= obj.keys():
+                if not isinstance(obj, dict) or not set(columns) <= obj.keys():
                     found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                    raise DataError(f"{path}: line {line_no}: need keys 'text' and 'label', "
-                                    f"found {found}")
-                rows.append((line_no, obj["text"], obj["label"]))
+                    raise DataError(f"{path}: line {line_no}: need keys {need}, found {found}")
+                rows.append((line_no, *(obj[c] for c in columns)))
         else:
             csv.field_size_limit(sys.maxsize)  # long documents exceed the 128 KiB default
             reader = csv.reader(f, delimiter="\t" if ext == ".tsv" else ",")
-            header = next(reader, [])
-            cols = [c.strip() for c in header]
-            if "text" not in cols or "label" not in cols:
-                raise DataError(f"{path}: line 1: need columns 'text' and 'label', found {cols}")
-            t, l = cols.index("text"), cols.index("label")
+            cols = [c.strip() for c in next(reader, [])]
+            if not set(columns) <= set(cols):
+                raise DataError(f"{path}: line 1: need columns {need}, found {cols}")
+            at = [cols.index(c) for c in columns]
             start = reader.line_num + 1  # a quoted record may span lines; report where it starts
             for rec in reader:
                 if rec:  # skip blank lines
-                    if len(rec) <= max(t, l):
+                    if len(rec) <= max(at):
                         raise DataError(f"{path}: line {start}: too few fields ({len(rec)})")
-                    rows.append((start, rec[t], rec[l]))
+                    rows.append((start, *(rec[i] for i in at)))
                 start = reader.line_num + 1
     return rows
 

@@ -36,27 +36,17 @@ class InputError(ValueError):
 
 def read_texts(path):
     """The texts of a .txt (one per line), .csv/.tsv (column `text`) or .jsonl (key `text`) file, or '-' (stdin)."""
-    ext = os.path.splitext(path)[1].lower()
+    if os.path.splitext(path)[1].lower() in data.USER_EXTENSIONS:  # the reader of the training files
+        try:
+            rows = data.read_columns(path, ("text",))
+        except data.DataError as e:
+            raise InputError(str(e)) from None
+        return _checked([text for _, text in rows], path, [line for line, _ in rows])
     try:
         if path == "-":
             lines = sys.stdin.read().splitlines()
         else:
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                if ext in (".csv", ".tsv"):
-                    csv.field_size_limit(sys.maxsize)
-                    reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-                    if "text" not in (reader.fieldnames or []):
-                        raise InputError(f"{path}: no 'text' column (found {reader.fieldnames})")
-                    return _checked([row["text"] for row in reader], path, first_line=2)
-                if ext == ".jsonl":
-                    texts = []
-                    for n, line in enumerate(f, 1):
-                        if line.strip():
-                            try:
-                                texts.append(json.loads(line)["text"])
-                            except (json.JSONDecodeError, KeyError, TypeError):
-                                raise InputError(f"{path}: line {n}: not a JSON object with a 'text' key") from None
-                    return _checked(texts, path)
+            with open(path, encoding="utf-8-sig") as f:
                 lines = f.read().splitlines()
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
@@ -65,8 +55,8 @@ def read_texts(path):
     return _checked([line for line in lines if line.strip()], path)
 
 
-def _checked(texts, where, first_line=1):
-    for n, t in enumerate(texts, first_line):
+def _checked(texts, where, line_numbers=None):
+    for n, t in zip(line_numbers or range(1, len(texts) + 1), texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"{where}: line {n}: empty text")
     if not texts:

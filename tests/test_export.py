@@ -183,7 +183,7 @@ def test_predict_cli(lora_run, tmp_path, capsys, monkeypatch):
     (["{run}", ""], "empty text"),
     (["{tmp}/nothing", "text"], "neither a finished run"),
     (["{run}", "--file", "{tmp}/missing.txt"], "file not found"),
-    (["{run}", "--file", "{tmp}/notext.csv"], "no 'text' column"),
+    (["{run}", "--file", "{tmp}/notext.csv"], "need columns 'text'"),
     (["{run}", "--file", "{tmp}/latin1.txt"], "not UTF-8"),
 ])
 def test_predict_bad_input_is_one_line(lora_run, tmp_path, capsys, argv, fragment):

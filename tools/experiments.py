@@ -133,6 +133,12 @@ GRIDS["lr-capacity"] = cells(["20ng"], [("sym", 0.4)],
                               "full-lr0.0003", "bitfit-lr0.02",
                               # the linear probe: the head alone on the frozen encoder's fixed features
                               "probe", "probe-lr0.001", "probe-lr0.1"], [0], {"20ng": CPU_DATA})
+# bf16 autocast against fp32 on the CPU (performance issue): CleaR, the quick mr command (2,000 snippets) and
+# the 20 Newsgroups fair-test setting, 3 seeds
+VARIANTS.update({f"clear-{p}": ["--method", "clear", "--peft", "lora", "--precision", p] for p in ("fp32", "bf16")})
+GRIDS["precision"] = [c for s in (0, 1, 2) for c in
+                      cells(["mr"], [("sym", 0.4)], ["clear-fp32", "clear-bf16"], [s], {"mr": ["--max_train", "2000"]})
+                      + cells(["20ng"], [("sym", 0.4)], ["clear-fp32", "clear-bf16"], [s], {"20ng": CPU_DATA})]
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
@@ -195,7 +201,8 @@ PICTURES = {
 def readme_blocks(grid, root, assets):
     """{marker key: markdown} for every table and picture of this grid that has runs."""
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
-    blocks = {"table-all": report.table(everything, ["val_last3", "selected_val_acc", "det_auroc"])} if everything else {}
+    extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
+    blocks = {"table-all": report.table(everything, extras)} if everything else {}
     sweep_cells = [c for c in grid if not c.method.startswith(("clear", "match", "loramoe"))]
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full

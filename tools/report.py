@@ -107,6 +107,9 @@ def fmt(values, scale=100.0, digits=1):
     return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+COUNT_COLUMNS = ("samples_per_s", "wall_s")  # extra columns shown as whole numbers
+
+
 def table(runs, extra_columns=(), by_lr=False):
     """A markdown table, one row per (dataset, noise, method, distinguishing settings), seeds aggregated:
     test accuracy at the epoch chosen on noisy validation data, at the best epoch (an oracle) and the last."""
@@ -129,7 +132,7 @@ def table(runs, extra_columns=(), by_lr=False):
                fmt([s["last_test_acc"] for s in ss]), fmt([s.get("train_clean_acc") for s in ss]),
                fmt([s["noisy_memorized"] for s in ss]),
                fmt([s["realized_noise_rate"] for s in ss]), f"{ss[0]['trainable_params']:,}"]
-        row += [fmt([s.get(c) for s in ss], scale=1.0, digits=3) for c in extra_columns]
+        row += [fmt([s.get(c) for s in ss], scale=1.0, digits=0 if c in COUNT_COLUMNS else 3) for c in extra_columns]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
