@@ -33,6 +33,16 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fp32_by_default():
+    """Parity and equivalence are asked of fp32: --precision auto means fp32 in the tests (in this
+    process; a train.py subprocess picks as a user's run does). bf16 runs are tested by name."""
+    import train
+    before, train.CPU_AUTO_PRECISION = train.CPU_AUTO_PRECISION, "fp32"
+    yield
+    train.CPU_AUTO_PRECISION = before
+
+
 def make_model_dir(path, cfg=TINY_CONFIG, seed=0, encoder=None):
     """Write config.json, model.safetensors (Hugging Face names) and tokenizer.json."""
     torch.manual_seed(seed)

@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -447,8 +448,9 @@ def summarise(a, cfg, runs, out, notes):
     for m in METHODS + tuple(f"hf_{m}" for m in ("lora", "full")):  # bf16 autocast over fp32, same job
         if f"{m}_bf16_tok_s" in out and f"{m}_tok_s" in out:
             out[f"{m}_bf16_vs_fp32"] = out[f"{m}_bf16_tok_s"] / out[f"{m}_tok_s"]
-    if "lora_epoch_over_train_pass" in out:
-        out["epoch_over_train_pass"] = out["lora_epoch_over_train_pass"]  # the headline: LoRA, fp32
+    default = "_bf16" if train.pick_device(a.device)[1] is not nullcontext else ""  # --precision auto here
+    if f"lora{default}_epoch_over_train_pass" in out:  # the headline: LoRA at this device's default precision
+        out["epoch_over_train_pass"] = out[f"lora{default}_epoch_over_train_pass"]
     if "clear_ms_step" in out and "lora_ms_step" in out:  # CleaR's per-step cost over the LoRA it routes
         out["clear_vs_lora_step"] = out["clear_ms_step"] / out["lora_ms_step"]
     return rows
