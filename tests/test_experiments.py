@@ -35,3 +35,21 @@ def test_write_readme_replaces_only_marked_blocks(tmp_path, capsys):
     assert readme.read_text() == ("intro\n<!-- grid:g:t -->\n| new |\n<!-- /grid:g:t -->\nmiddle\n"
                                   "<!-- grid:other:t -->\nkeep\n<!-- /grid:other:t -->\nend\n")
     assert "no <!-- grid:g:missing --> marker" in capsys.readouterr().out
+
+
+def test_readme_blocks_equal_what_the_committed_results_give(tmp_path):
+    """Every marked README block of a grid stored under results/ is what readme_blocks() makes of
+    the committed cells - no number in them typed by hand; and the check sees a changed digit."""
+    readme = os.path.join(experiments.ROOT, "README.md")
+    text = open(readme).read()
+    stored = [k for k in experiments.marked_blocks(text) if k[0] in experiments.RESULTS]
+    assert stored, "the README has no block generated from results/"
+    assert experiments.check_readme(readme) == []
+    grid, key = next(k for k in stored if k[1].startswith("table"))
+    block = experiments.marked_blocks(text)[grid, key]
+    row = block.splitlines()[2]  # the first data row, under the header and its rule
+    assert "." in row
+    changed = row.replace(".", ",", 1)  # one number altered in a copy of the README
+    copy = tmp_path / "README.md"
+    copy.write_text(text.replace(row, changed, 1))
+    assert experiments.check_readme(str(copy)) == [(grid, key, "differs from what the committed results give")]

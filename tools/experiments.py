@@ -156,6 +156,11 @@ GRIDS["results"] = [c for s in (0, 1, 2) for c in
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
+# where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
+RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
+           "precision": "results/precision", "results": "results/results"}
+
+
 def status(cell, root):
     d = cell.out_dir(root)
     if os.path.isfile(os.path.join(d, "summary.json")):
@@ -212,8 +217,9 @@ PICTURES = {
 }
 
 
-def readme_blocks(grid, root, assets):
-    """{marker key: markdown} for every table and picture of this grid that has runs."""
+def readme_blocks(grid, root, assets, draw=True):
+    """{marker key: markdown} for every table and picture of this grid that has runs; draw=False
+    gives the same markdown without drawing the pictures (check_readme)."""
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
@@ -221,7 +227,8 @@ def readme_blocks(grid, root, assets):
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full
         path = os.path.join(assets, "capacity_20ng.png")
-        report.plot_capacity(capacity, path)
+        if draw:
+            report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
     for dataset in sorted({c.dataset for c in grid}):
         runs = finished_runs(grid, root, dataset=dataset, method=MAIN_METHODS)
@@ -231,7 +238,8 @@ def readme_blocks(grid, root, assets):
         main = finished_runs(grid, root, dataset=dataset, rate=0.4, method=["lora", "clear", "full"])
         if main:
             path = os.path.join(assets, f"memorisation_{dataset}.png")
-            report.plot_memorisation(main, path)
+            if draw:
+                report.plot_memorisation(main, path)
             blocks[f"memorisation-{dataset}"] = f"![memorised fraction and test accuracy per epoch, {dataset}]({path})"
     sweep = [c for c in grid if c in SWEEP_CELLS or (c.dataset, c.noise, c.rate, c.seed) == ("mr", "sym", 0.4, 0)
              and c.method in ("match", "loramoe")]
@@ -242,9 +250,10 @@ def readme_blocks(grid, root, assets):
     for cell in first:
         if cell.method not in PICTURES or f"picture-{cell.method}" in blocks:
             continue
-        name, caption, draw = PICTURES[cell.method]
+        name, caption, picture = PICTURES[cell.method]
         path = os.path.join(assets, f"{name}_{cell.dataset}.png")
-        draw(cell.out_dir(root), path)
+        if draw:
+            picture(cell.out_dir(root), path)
         blocks[f"picture-{cell.method}"] = f"![{caption}]({path})"
     return blocks
 
@@ -266,10 +275,36 @@ def write_readme(readme, grid_name, blocks):
     print(f"wrote {len(blocks)} block(s) into {readme}")
 
 
+def marked_blocks(text):
+    """{(grid name, key): body} of every `<!-- grid:NAME:KEY -->` ... `<!-- /grid:NAME:KEY -->` block."""
+    found = re.finditer(r"<!-- grid:([\w.-]+):([\w.-]+) -->\n(.*?)<!-- /grid:\1:\2 -->", text, re.S)
+    return {(m.group(1), m.group(2)): m.group(3) for m in found}
+
+
+def check_readme(readme, assets="assets"):
+    """The README's marked blocks of every grid stored under results/ (RESULTS) that differ from what
+    readme_blocks() makes of the committed cells now: [(grid, key, why)]; [] = all equal."""
+    with open(readme) as f:
+        marked = marked_blocks(f.read())
+    wrong, made = [], {}
+    for grid_name, key in sorted(marked):
+        if grid_name not in RESULTS:
+            continue
+        if grid_name not in made:
+            made[grid_name] = readme_blocks(GRIDS[grid_name], os.path.join(ROOT, RESULTS[grid_name]), assets, draw=False)
+        want = made[grid_name].get(key)
+        if want is None:
+            wrong.append((grid_name, key, "no block of this name comes out of the results"))
+        elif marked[grid_name, key] != want + "\n":
+            wrong.append((grid_name, key, "differs from what the committed results give"))
+    return wrong
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), default="quick", help="which grid to run")
-    p.add_argument("--runs", default="runs/grid", help="root directory of the cells' run directories")
+    p.add_argument("--runs", default=None, help="root directory of the cells' run directories (default: where "
+                   "the grid's results are committed, RESULTS, else runs/grid)")
     p.add_argument("--jobs", type=int, default=1, help="train.py processes at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="passed to train.py")
@@ -278,7 +313,16 @@ def main(argv=None):
     p.add_argument("--write_readme", action="store_true", help="write tables and pictures into README.md")
     p.add_argument("--readme", default="README.md", help="the file whose marker blocks are rewritten")
     p.add_argument("--assets", default="assets", help="where the pictures go")
+    p.add_argument("--check_readme", action="store_true", help="only check that the README's marked blocks of "
+                   "the grids stored under results/ equal what their committed cells give; exit 1 if not")
     args = p.parse_args(argv)
+    if args.check_readme:
+        wrong = check_readme(args.readme, args.assets)
+        for grid_name, key, why in wrong:
+            print(f"{args.readme}: block grid:{grid_name}:{key} {why} (regenerate: python tools/experiments.py "
+                  f"--grid {grid_name} --no_run --write_readme)")
+        return 1 if wrong else 0
+    args.runs = args.runs or RESULTS.get(args.grid, "runs/grid")
     grid = GRIDS[args.grid]
     if args.dry_run:
         for c in grid:
