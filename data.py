@@ -306,9 +306,24 @@ def _stratified_subsample(data: TextData, part: str, n: int, seed: int, how: str
     return _subset(split, _stratified_pick(split.labels, n, np.random.default_rng(seed)))
 
 
+# built-in datasets: name -> fn(test_fraction) -> TextData (--dataset name); register_dataset adds one
+DATASETS = {"mr": _load_mr,
+            "20ng": lambda test_fraction: _load_orange("20ng", "20newsgroups"),
+            "r8": lambda test_fraction: _load_orange("r8", "reuters-r8")}
+
+
+def register_dataset(name):
+    """Decorator: fn(test_fraction) -> TextData becomes the built-in dataset `name` (--dataset name):
+    subsampled, noised, split for validation and reported like mr, 20ng and r8."""
+    def add(fn):
+        DATASETS[name] = fn
+        return fn
+    return add
+
+
 def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
               seed: int = 0, test_fraction: float = 0.2, max_test: int | None = None) -> TextData:
-    """Load a built-in dataset ('mr', '20ng', 'r8') or a user csv/tsv/jsonl file.
+    """Load a built-in dataset (DATASETS: 'mr', '20ng', 'r8', ...) or a user csv/tsv/jsonl file.
 
     max_train: stratified subsample of the training split, drawn with `seed`.
     max_test: stratified subsample of the test split, drawn with the fixed SPLIT_SEED so
@@ -316,17 +331,14 @@ def load_data(name: str, test_file: str | None = None, max_train: int | None = N
     """
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    builtin = {"mr": lambda: _load_mr(test_fraction),
-               "20ng": lambda: _load_orange("20ng", "20newsgroups"),
-               "r8": lambda: _load_orange("r8", "reuters-r8")}
-    if name in builtin:
+    if name in DATASETS:
         if test_file is not None:
             raise DataError(f"test_file only applies to user files; '{name}' has its own test set")
-        data = builtin[name]()
+        data = DATASETS[name](test_fraction)
     elif Path(name).suffix or "/" in name or Path(name).exists():
         data = _load_user(Path(name), None if test_file is None else Path(test_file), test_fraction)
     else:
-        raise DataError(f"unknown dataset '{name}': use mr, 20ng, r8 or a .csv/.tsv/.jsonl file")
+        raise DataError(f"unknown dataset '{name}': use {', '.join(DATASETS)} or a .csv/.tsv/.jsonl file")
     if max_train is not None:
         data.train = _stratified_subsample(data, "train", max_train, seed, f"seed {seed}")
     if max_test is not None:

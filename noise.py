@@ -26,7 +26,8 @@ Usage: ``noisy = add_noise(train_labels, "sym", 0.4, num_classes=4, seed=0)``
 """
 import numpy as np
 
-NOISE_KINDS = ("none", "sym", "sym-incl", "asym", "idn")
+TRANSITIONS = {}  # class-conditional kind -> fn(rate, K) -> its (K, K) transition matrix (register_transition)
+NOISE_KINDS = ["idn"]  # every kind --noise accepts: the TRANSITIONS (in registration order), then idn
 IDN_STD = 0.1  # std of the per-sample flip rate in Xia et al. (2020)
 
 
@@ -60,25 +61,50 @@ def _check_labels(labels, num_classes, name="labels"):
     return arr.astype(np.int64)
 
 
+def register_transition(name):
+    """Decorator: fn(rate, K) -> (K, K) row-stochastic T[i, j] = P(observed j | true i) becomes
+    noise kind `name` (--noise name), drawn, reported and checked like the built-in ones."""
+    def add(fn):
+        TRANSITIONS[name] = fn
+        if name not in NOISE_KINDS:
+            NOISE_KINDS.insert(len(NOISE_KINDS) - 1, name)
+        return fn
+    return add
+
+
+@register_transition("none")
+def _none(rate, k):
+    return np.eye(k)
+
+
+@register_transition("sym")
+def _sym(rate, k):  # exclusive: mass r spread over the K-1 other classes
+    t = np.full((k, k), rate / (k - 1))
+    np.fill_diagonal(t, 1.0 - rate)
+    return t
+
+
+@register_transition("sym-incl")
+def _sym_incl(rate, k):  # inclusive: r redrawn from all K classes
+    t = np.full((k, k), rate / k)
+    np.fill_diagonal(t, 1.0 - rate + rate / k)
+    return t
+
+
+@register_transition("asym")
+def _asym(rate, k):  # the mass r moves to the next class, cyclically
+    t = (1.0 - rate) * np.eye(k)
+    t[np.arange(k), (np.arange(k) + 1) % k] += rate
+    return t
+
+
 def transition_matrix(kind, rate, num_classes):
     """(K, K) float64 matrix T[i, j] = P(observed j | true i) for a class-conditional kind."""
     _check_setting(kind, rate, num_classes)
-    k = int(num_classes)
     if kind == "idn":
         raise NoiseError("noise kind 'idn' has no transition matrix: it is instance-dependent, "
                          "each sample gets its own flip distribution from its features")
-    if kind == "none":
-        return np.eye(k)
-    if kind == "sym":
-        t = np.full((k, k), rate / (k - 1))
-        np.fill_diagonal(t, 1.0 - rate)
-    elif kind == "sym-incl":
-        t = np.full((k, k), rate / k)
-        np.fill_diagonal(t, 1.0 - rate + rate / k)
-    else:  # asym: the mass r moves to the next class, cyclically
-        t = (1.0 - rate) * np.eye(k)
-        t[np.arange(k), (np.arange(k) + 1) % k] += rate
-    return t
+    return TRANSITIONS[kind](rate, int(num_classes))
 
 
 def _sample_rows(probs, rng):

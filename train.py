@@ -55,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--method", choices=methods.names(), default="clear", help="what to fine-tune (see methods.py)")
     p.add_argument("--peft", choices=kinds + ["none"], default="lora",
                    help="the PEFT kind under a method that sits on one (clear, match); none = full fine-tuning")
-    p.add_argument("--dataset", default="mr", help="mr, 20ng, r8, or a .csv/.tsv/.jsonl file with text,label columns")
+    p.add_argument("--dataset", default="mr", help=f"{', '.join(data.DATASETS)} (data.DATASETS), or a "
+                   ".csv/.tsv/.jsonl file with text,label columns")
     p.add_argument("--test_file", default=None, help="test file for a user dataset (else a seeded 20%% split)")
     p.add_argument("--model", default=None, help="BERT directory (config.json, model.safetensors, tokenizer.json); "
                                                 "default: the packaged all-MiniLM-L6-v2")

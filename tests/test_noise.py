@@ -252,4 +252,28 @@ def test_asym_binary_below_half_is_allowed():
 
 
 def test_kinds_constant():
-    assert NOISE_KINDS == ("none", "sym", "sym-incl", "asym", "idn")
+    assert NOISE_KINDS == ["none", "sym", "sym-incl", "asym", "idn"]
+
+
+def test_a_registered_noise_kind_is_drawn_checked_and_offered(monkeypatch):
+    """README "Make it yours": one decorated function in noise.py (or the user's file) is a new
+    --noise kind - drawn by add_noise at its realised rate, its rate checked, offered by train.py."""
+    import noise
+    import train
+    monkeypatch.setattr(noise, "TRANSITIONS", dict(noise.TRANSITIONS))
+    monkeypatch.setattr(noise, "NOISE_KINDS", list(noise.NOISE_KINDS))
+
+    @noise.register_transition("flip-down")
+    def flip_down(rate, k):  # i -> i-1 with probability r, the CleaR code's pair flip
+        t = (1.0 - rate) * np.eye(k)
+        t[np.arange(k), (np.arange(k) - 1) % k] += rate
+        return t
+
+    assert noise.NOISE_KINDS[-2:] == ["flip-down", "idn"]
+    true = np.repeat(np.arange(4), 2500)
+    observed = add_noise(true, "flip-down", 0.3, 4, seed=0)
+    flipped = observed != true
+    assert abs(flipped.mean() - 0.3) < 0.02 and np.all(observed[flipped] == (true[flipped] - 1) % 4)
+    with pytest.raises(NoiseError):
+        add_noise(true, "flip-down", 1.2, 4)
+    assert train.parse_args(["--noise", "flip-down"]).noise == "flip-down"

@@ -15,7 +15,7 @@ Regenerate the README's results with one command: run a named grid of `train.py`
 Usage:
     python tools/experiments.py --grid quick --jobs 2              # ~20 min on a 2-core CPU
     python tools/experiments.py --grid cpu --jobs 2 --write_readme # the README's grid (hours on a CPU)
-    python tools/experiments.py --grid paper --device cuda         # full datasets, for a single GPU
+    python tools/experiments.py --grid paper --device cuda         # whole datasets, 8 epochs: one GPU (not yet run)
     python tools/experiments.py --grid cpu --dry_run               # list the cells and what is done
 """
 
@@ -99,11 +99,6 @@ GRIDS = {
             + SWEEP_CELLS + R8_CELLS
             + cells(["mr"], MR_NOISE, MAIN_METHODS, [1, 2], {"mr": CPU_DATA})
             + cells(["20ng"], NG_NOISE, MAIN_METHODS, [0, 1, 2], {"20ng": CPU_DATA})),
-    # what the CleaR paper runs: whole datasets, 128 tokens, 10 epochs - a single-GPU job
-    "paper": cells(["mr", "20ng"], [("sym", 0.2), ("sym", 0.4), ("asym", 0.2), ("asym", 0.4),
-                                    ("idn", 0.2), ("idn", 0.4)],
-                   MAIN_METHODS + ["adapter", "clear-adapter"], [0, 1, 2],
-                   {"mr": ["--epochs", "10"], "20ng": ["--epochs", "10"]}),
 }
 GRIDS["r8"] = R8_CELLS
 # the detector's loss smoothing, on and off, for CleaR and for plain LoRA (whose runs show how detectable
@@ -153,6 +148,12 @@ MULTI_NOISE = [("sym", 0.4), ("asym", 0.4), ("idn", 0.4), ("sym", 0.2)]
 GRIDS["results"] = [c for s in (0, 1, 2) for c in
                     cells(["20ng", "r8"], MULTI_NOISE, RESULT_METHODS, [s], RESULT_DATA)
                     + cells(["mr"], [("sym", 0.4), ("none", 0.0), ("sym", 0.2)], RESULT_METHODS, [s], RESULT_DATA)]
+# The results grid at the CleaR paper's scale: whole datasets, 128 tokens (train.py's default), the official 8
+# epochs, every method and noise setting of the results grid, 3 seeds - a single-GPU job (`--device cuda`, bf16
+# autocast); not yet run on a GPU.
+GRIDS["paper"] = [c for s in (0, 1, 2) for c in
+                  cells(["20ng", "r8"], MULTI_NOISE, RESULT_METHODS, [s], {d: ["--epochs", "8"] for d in ("20ng", "r8")})
+                  + cells(["mr"], [("sym", 0.4), ("none", 0.0), ("sym", 0.2)], RESULT_METHODS, [s], {"mr": ["--epochs", "8"]})]
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
@@ -304,7 +305,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), default="quick", help="which grid to run")
     p.add_argument("--runs", default=None, help="root directory of the cells' run directories (default: where "
-                   "the grid's results are committed, RESULTS, else runs/grid)")
+                   "the grid's results are committed, RESULTS, else runs/GRID)")
     p.add_argument("--jobs", type=int, default=1, help="train.py processes at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="passed to train.py")
@@ -322,7 +323,7 @@ def main(argv=None):
             print(f"{args.readme}: block grid:{grid_name}:{key} {why} (regenerate: python tools/experiments.py "
                   f"--grid {grid_name} --no_run --write_readme)")
         return 1 if wrong else 0
-    args.runs = args.runs or RESULTS.get(args.grid, "runs/grid")
+    args.runs = args.runs or RESULTS.get(args.grid, os.path.join("runs", args.grid))
     grid = GRIDS[args.grid]
     if args.dry_run:
         for c in grid:
