@@ -232,7 +232,8 @@ def readme_blocks(grid, root, assets, draw=True):
             report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
     for dataset in sorted({c.dataset for c in grid}):
-        runs = finished_runs(grid, root, dataset=dataset, method=MAIN_METHODS)
+        shown = RESULT_METHODS if grid is GRIDS.get("results") else MAIN_METHODS
+        runs = finished_runs(grid, root, dataset=dataset, method=shown)
         if not runs:
             continue
         blocks[f"table-{dataset}"] = report.table(runs, ["det_auroc"])
@@ -249,13 +250,14 @@ def readme_blocks(grid, root, assets, draw=True):
         blocks["table-sweep"] = report.table(sweep_runs, ["match_same_label", "match_diff_label"], by_lr=True)
     first = [c for c in grid if c.seed == 0 and c.noise == "sym" and c.rate == 0.4 and status(c, root) == "done"]
     for cell in first:
-        if cell.method not in PICTURES or f"picture-{cell.method}" in blocks:
+        method = cell.method.partition("-")[0]  # a variant (loramoe-clean) draws as its method
+        if method not in PICTURES or f"picture-{method}" in blocks:
             continue
-        name, caption, picture = PICTURES[cell.method]
+        name, caption, picture = PICTURES[method]
         path = os.path.join(assets, f"{name}_{cell.dataset}.png")
         if draw:
             picture(cell.out_dir(root), path)
-        blocks[f"picture-{cell.method}"] = f"![{caption}]({path})"
+        blocks[f"picture-{method}"] = f"![{caption}]({path})"
     return blocks
 
 
