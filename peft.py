@@ -99,7 +99,7 @@ def add_flags(parser, cls):
 class PeftKind:
     """Base of every registry entry. Subclasses are dataclasses of the kind's settings."""
     name: ClassVar[str]                       # --method NAME / --peft NAME
-    default_lr: ClassVar[float]               # peak learning rate, chosen on noisy validation data (README, fair test)
+    default_lr: ClassVar[float]               # peak learning rate, chosen on noisy validation data (RESULTS.md, the fair test)
     clear_base_rate: ClassVar[float | None] = None  # CleaR's gate rate r (official code); None: not routable
     trains_base: ClassVar[bool] = False       # True: every pretrained weight trains (full fine-tuning)
     standalone: ClassVar[bool] = True         # offered as --method NAME and --peft NAME

@@ -109,7 +109,7 @@ class ClearConfig:
     consistency_temp: float = setting(1.0, "temperature of that KL term")
     clear_eval: str = setting(None, "gates at evaluation (test and training-set passes): sample ~ Bernoulli(r) "
                                     "(official code), all on, or their expected value r (default: expected, best "
-                                    "measured, see README; with --eval_only: the saved run's mode unless given)",
+                                    "measured, docs/earlier-results.md; with --eval_only: the saved run's mode unless given)",
                               choices=CLEAR_EVAL_MODES)
     clear_freeze: bool = setting(False, "ablation: stop training the PEFT modules after warm-up (the head goes on) - "
                                         "what the official LoRA code does by accident (loralib merges on eval())")

@@ -31,25 +31,26 @@ def test_write_readme_replaces_only_marked_blocks(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- grid:g:t -->\nold table\n<!-- /grid:g:t -->\nmiddle\n"
                       "<!-- grid:other:t -->\nkeep\n<!-- /grid:other:t -->\nend\n")
-    experiments.write_readme(str(readme), "g", {"t": "| new |", "missing": "x"})
+    assert experiments.write_readme(str(readme), "g", {"t": "| new |", "missing": "x"}) == {"t"}
     assert readme.read_text() == ("intro\n<!-- grid:g:t -->\n| new |\n<!-- /grid:g:t -->\nmiddle\n"
                                   "<!-- grid:other:t -->\nkeep\n<!-- /grid:other:t -->\nend\n")
-    assert "no <!-- grid:g:missing --> marker" in capsys.readouterr().out
+    assert "wrote 1 block(s)" in capsys.readouterr().out
 
 
 def test_readme_blocks_equal_what_the_committed_results_give(tmp_path):
-    """Every marked README block of a grid stored under results/ is what readme_blocks() makes of
-    the committed cells - no number in them typed by hand; and the check sees a changed digit."""
-    readme = os.path.join(experiments.ROOT, "README.md")
-    text = open(readme).read()
-    stored = [k for k in experiments.marked_blocks(text) if k[0] in experiments.RESULTS]
-    assert stored, "the README has no block generated from results/"
-    assert experiments.check_readme(readme) == []
-    grid, key = next(k for k in stored if k[1].startswith("table"))
-    block = experiments.marked_blocks(text)[grid, key]
-    row = block.splitlines()[2]  # the first data row, under the header and its rule
+    """Every marked block of README.md and RESULTS.md of a grid stored under results/ is what
+    readme_blocks() makes of the committed cells - no number in them typed by hand; and the
+    check sees a changed digit."""
+    stored = []
+    for name in ("README.md", "RESULTS.md"):
+        doc = os.path.join(experiments.ROOT, name)
+        assert experiments.check_readme(doc) == [], name
+        text = open(doc).read()
+        stored += [(text, k) for k in experiments.marked_blocks(text) if k[0] in experiments.RESULTS]
+    assert stored, "no block is generated from results/"
+    text, (grid, key) = next((t, k) for t, k in stored if k[1].startswith("table"))
+    row = experiments.marked_blocks(text)[grid, key].splitlines()[2]  # the first data row, under the header
     assert "." in row
-    changed = row.replace(".", ",", 1)  # one number altered in a copy of the README
     copy = tmp_path / "README.md"
-    copy.write_text(text.replace(row, changed, 1))
+    copy.write_text(text.replace(row, row.replace(".", ",", 1), 1))  # one number altered in a copy
     assert experiments.check_readme(str(copy)) == [(grid, key, "differs from what the committed results give")]

@@ -262,20 +262,22 @@ def readme_blocks(grid, root, assets, draw=True):
 
 
 def write_readme(readme, grid_name, blocks):
-    """Replace the text between `<!-- grid:NAME:KEY -->` and `<!-- /grid:NAME:KEY -->` for each block."""
+    """Replace the text between `<!-- grid:NAME:KEY -->` and `<!-- /grid:NAME:KEY -->` for each block
+    this file marks; returns the keys written."""
     with open(readme) as f:
         text = f.read()
+    written = set()
     for key, body in blocks.items():
         pattern = re.compile(rf"(<!-- grid:{grid_name}:{key} -->\n).*?(<!-- /grid:{grid_name}:{key} -->)", re.S)
-        if not pattern.search(text):
-            print(f"note: {readme} has no <!-- grid:{grid_name}:{key} --> marker; block not written")
-            continue
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        if pattern.search(text):
+            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+            written.add(key)
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
     atomic_write(readme, write)
-    print(f"wrote {len(blocks)} block(s) into {readme}")
+    print(f"wrote {len(written)} block(s) into {readme}")
+    return written
 
 
 def marked_blocks(text):
@@ -314,15 +316,17 @@ def main(argv=None):
     p.add_argument("--dry_run", action="store_true", help="list the cells and their status, run nothing")
     p.add_argument("--no_run", action="store_true", help="skip training; only aggregate what exists")
     p.add_argument("--write_readme", action="store_true", help="write tables and pictures into README.md")
-    p.add_argument("--readme", default="README.md", help="the file whose marker blocks are rewritten")
+    p.add_argument("--readme", default="README.md,RESULTS.md", help="the files (comma list) whose marker blocks are "
+                   "rewritten (--write_readme) or checked (--check_readme)")
     p.add_argument("--assets", default="assets", help="where the pictures go")
     p.add_argument("--check_readme", action="store_true", help="only check that the README's marked blocks of "
                    "the grids stored under results/ equal what their committed cells give; exit 1 if not")
     args = p.parse_args(argv)
+    docs = [d.strip() for d in args.readme.split(",") if d.strip()]
     if args.check_readme:
-        wrong = check_readme(args.readme, args.assets)
-        for grid_name, key, why in wrong:
-            print(f"{args.readme}: block grid:{grid_name}:{key} {why} (regenerate: python tools/experiments.py "
+        wrong = [(doc, *w) for doc in docs for w in check_readme(doc, args.assets)]
+        for doc, grid_name, key, why in wrong:
+            print(f"{doc}: block grid:{grid_name}:{key} {why} (regenerate: python tools/experiments.py "
                   f"--grid {grid_name} --no_run --write_readme)")
         return 1 if wrong else 0
     args.runs = args.runs or RESULTS.get(args.grid, os.path.join("runs", args.grid))
@@ -339,7 +343,10 @@ def main(argv=None):
     if runs:
         print(report.table(runs, ["det_auroc"]))
     if args.write_readme:
-        write_readme(args.readme, args.grid, readme_blocks(grid, args.runs, args.assets))
+        blocks = readme_blocks(grid, args.runs, args.assets)
+        written = set().union(*(write_readme(doc, args.grid, blocks) for doc in docs))
+        for key in sorted(set(blocks) - written):
+            print(f"note: no <!-- grid:{args.grid}:{key} --> marker in {', '.join(docs)}; block not written")
     return 1 if failed else 0
 
 
