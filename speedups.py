@@ -28,7 +28,7 @@ calls it unless --no_speedups. bench.py measures what each one pays (`--speedups
 
 Measured and dropped in the renovation: no attention mask for a batch without padding
 (within +-4% of the masked step and evaluation forward in every alternating measurement,
-README "Speed").
+docs/speed.md).
 
 Dropout masks differ from nn.Dropout's draws (another sampler, same distribution), so a
 run with speed paths and one without are equally valid but not bit-identical.

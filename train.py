@@ -163,7 +163,7 @@ def build_hooks(args, model, num_train):
 
 
 # --precision auto on a CPU with native bf16 (avx512_bf16 / AMX): bf16, measured against fp32 on CleaR, the quick mr
-# command and the 20 Newsgroups fair-test setting, 3 seeds (results/precision, README "Speed"): 1.6-1.9x the wall
+# command and the 20 Newsgroups fair-test setting, 3 seeds (results/precision, docs/speed.md): 1.6-1.9x the wall
 # time, test accuracy within seed noise. Without native bf16 the CPU emulates it, slower than fp32: auto = fp32.
 CPU_AUTO_PRECISION = "bf16"
 

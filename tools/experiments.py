@@ -316,7 +316,7 @@ def main(argv=None):
     p.add_argument("--dry_run", action="store_true", help="list the cells and their status, run nothing")
     p.add_argument("--no_run", action="store_true", help="skip training; only aggregate what exists")
     p.add_argument("--write_readme", action="store_true", help="write tables and pictures into README.md")
-    p.add_argument("--readme", default="README.md,RESULTS.md", help="the files (comma list) whose marker blocks are "
+    p.add_argument("--readme", default="README.md,RESULTS.md,docs/speed.md", help="the files (comma list) whose marker blocks are "
                    "rewritten (--write_readme) or checked (--check_readme)")
     p.add_argument("--assets", default="assets", help="where the pictures go")
     p.add_argument("--check_readme", action="store_true", help="only check that the README's marked blocks of "
