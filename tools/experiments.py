@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 import report  # noqa: E402
+import verdicts  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, atomic_write  # noqa: E402
 
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -224,6 +225,8 @@ def readme_blocks(grid, root, assets, draw=True):
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
+    if grid is GRIDS.get("results") and everything:  # each claim as numbers (tools/verdicts.py)
+        blocks["verdicts"] = verdicts.table(everything)
     sweep_cells = [c for c in grid if not c.method.startswith(("clear", "match", "loramoe"))]
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full

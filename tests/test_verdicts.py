@@ -1,0 +1,26 @@
+"""verdicts.py: each claim's numbers come from seed means per setting, A - B."""
+
+import train
+import verdicts
+
+
+def run(method, dataset, rate, seed, selected, last, memorised):
+    cfg = vars(train.parse_args(["--method", method, "--dataset", dataset, "--noise_rate", str(rate),
+                                 "--seed", str(seed)]))
+    return ({"config": cfg, "selected_test_acc": selected, "last_test_acc": last, "noisy_memorized": memorised}, [])
+
+
+def test_a_comparison_averages_seeds_then_settings():
+    runs = [run("lora", "mr", 0.4, 0, 0.60, 0.58, 0.30), run("lora", "mr", 0.4, 1, 0.62, 0.60, 0.40),
+            run("clear", "mr", 0.4, 0, 0.65, 0.61, 0.10),                      # one seed: its setting counts once
+            run("lora", "r8", 0.2, 0, 0.90, 0.90, 0.20), run("clear", "r8", 0.2, 0, 0.88, 0.91, 0.05),
+            run("full", "r8", 0.2, 0, 0.95, 0.95, 0.50)]                       # no clear-vs-full comparison
+    means = verdicts.setting_means(runs)
+    n, wins, diffs = verdicts.compare(means, "clear (lora)", "lora")
+    assert (n, wins) == (2, 1)  # mr: 65 > 61 (the lora seeds' mean); r8: 88 < 90
+    assert abs(diffs["selected_test_acc"] - ((65 - 61) + (88 - 90)) / 2) < 1e-9
+    assert abs(diffs["noisy_memorized"] - ((10 - 35) + (5 - 20)) / 2) < 1e-9
+    assert verdicts.compare(means, "clear (lora)", "lora", dataset="mr")[:2] == (1, 1)
+    text = verdicts.table(runs)
+    assert "| CleaR beats its plain PEFT kind | clear (lora) vs lora | all | 2 | 1 of 2 | +1.0 | +1.5 | -20.0 |" in text
+    assert "| lora vs full | r8 | 1 | 0 of 1 | -5.0 | -5.0 | -30.0 |" in text

@@ -1,0 +1,75 @@
+"""
+The verdicts of the results grid as numbers: for each claim, method A against method B in
+every (dataset, noise) setting both ran - how often A's validation-selected test accuracy is
+higher, and the mean differences (A - B, in points) of selected accuracy, last-epoch accuracy
+and memorised share, per dataset and over all settings. Seeds are averaged within a setting
+first, so every setting counts once. experiments.readme_blocks writes the table into
+RESULTS.md (block `verdicts`), so no verdict's number is typed by hand.
+
+Usage:
+    python tools/verdicts.py results/results      # print the table
+"""
+
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+import report
+
+# (A, B, the claim A against B tests), by report.py's method labels
+COMPARISONS = [
+    ("lora", "full", "PEFT memorises less than full fine-tuning"),
+    ("adapter", "full", "PEFT memorises less than full fine-tuning"),
+    ("clear (lora)", "lora", "CleaR beats its plain PEFT kind"),
+    ("clear (adapter)", "adapter", "CleaR beats its plain PEFT kind"),
+    ("match (lora, tau 3)", "lora", "Match-Tuning helps"),
+    ("loramoe (types clean)", "lora", "LoRAMoE against plain LoRA"),
+    ("lora", "probe", "against the linear probe"),
+    ("clear (lora)", "probe", "against the linear probe"),
+    ("full", "probe", "against the linear probe"),
+]
+KEYS = ("selected_test_acc", "last_test_acc", "noisy_memorized")
+
+
+def setting_means(runs):
+    """{(dataset, noise, method label): {key: mean over seeds}} of the finished runs."""
+    groups = defaultdict(list)
+    for summary, _ in runs:
+        groups[report.group_key(summary["config"])].append(summary)
+    return {k: {key: (np.mean([s[key] for s in ss]) if all(s.get(key) is not None for s in ss) else None)
+                for key in KEYS} for k, ss in groups.items()}
+
+
+def compare(means, a, b, dataset=None):
+    """(settings, settings where A's selected accuracy is higher, mean A - B per key in points or None)."""
+    pairs = [(means[(d, n, a)], means[(d, n, b)]) for (d, n, m) in means
+             if m == a and (d, n, b) in means and dataset in (None, d)]
+    wins = sum(x["selected_test_acc"] > y["selected_test_acc"] for x, y in pairs)
+    diffs = {}
+    for key in KEYS:
+        d = [100 * (x[key] - y[key]) for x, y in pairs if x[key] is not None and y[key] is not None]
+        diffs[key] = float(np.mean(d)) if d else None
+    return len(pairs), wins, diffs
+
+
+def table(runs):
+    """Markdown: one row per comparison and dataset, then over every setting."""
+    means = setting_means(runs)
+    datasets = sorted({d for d, _, _ in means})
+    head = ["claim", "A vs B", "data", "settings", "A selected higher", "selected A - B", "last A - B",
+            "memorised A - B"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    signed = lambda v: "-" if v is None else f"{v:+.1f}"
+    for a, b, claim in COMPARISONS:
+        for dataset in datasets + ([None] if len(datasets) > 1 else []):
+            n, wins, diffs = compare(means, a, b, dataset)
+            if n:
+                lines.append(f"| {claim} | {a} vs {b} | {dataset or 'all'} | {n} | {wins} of {n} | "
+                             f"{signed(diffs['selected_test_acc'])} | {signed(diffs['last_test_acc'])} | "
+                             f"{signed(diffs['noisy_memorized'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(report.load_runs(sys.argv[1:] or ["results/results"])))
