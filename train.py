@@ -251,8 +251,9 @@ def run(args):
     model.to(device)
     model.encoder.grad_checkpointing = args.grad_checkpointing
     hooks, detector = build_hooks(args, model, len(true)), LossDetector(args.loss_ema)
-    if args.export_hf:
-        export.fold_model(model, hooks)  # can this model be exported? (ExportError now, not after training)
+    fold = folds(model, hooks)  # the evaluation passes run on the model folded each epoch, where it folds
+    if args.export_hf and not fold:
+        export.fold_model(model, hooks)  # raises the ExportError saying why, now rather than after training
     precision = resolve_precision(device, args.precision)
     log(f"{args.method}: {peft.param_summary(model)}; {precision}" + (" autocast" if precision == "bf16" else "")
         + (f"; {world} ranks" if world > 1 else ""))
@@ -270,7 +271,6 @@ def run(args):
     forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     pad_to = args.max_len if args.pad_to_max_len else None
-    fold = folds(model, hooks)  # the evaluation passes run on the model folded each epoch, where it folds
     evaluate = lambda m, ids: predict(m, ids, args.eval_batch_size, device, autocast, hooks, pad_to, rank, world)
 
     for epoch in range(start_epoch, args.epochs):
@@ -321,7 +321,7 @@ def run(args):
         args.out, log, ds.class_names, train_part, (ds.train.rows, ds.train.labels, observed_all), train_logits,
         fit, np.stack(sample_losses), args.loss_ema, test_logits, ds.test.labels,
         has_truth=args.noise != "none" or bool(args.noisy_labels))
-    summary = summarise(args, history, hooks, report, params, len(test_ids), device, world,
+    summary = summarise(args, history, hooks, report, params, len(test_ids), device, precision, world,
                         wall_before + time.time() - t_start)
     summary.update(issues)
     checkpoint.write_json(os.path.join(args.out, "summary.json"), summary)
@@ -347,7 +347,7 @@ def write_metrics(out, rows, mode):
         f.writelines(json.dumps(m) + "\n" for m in rows)
 
 
-def summarise(args, history, hooks, report, params, num_test, device, world, wall_s):
+def summarise(args, history, hooks, report, params, num_test, device, precision, world, wall_s):
     """summary.json: best and last test accuracy, memorisation, sizes, cost, the method's summary keys."""
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -367,7 +367,7 @@ def summarise(args, history, hooks, report, params, num_test, device, world, wal
         "realized_noise_rate": report["realized_rate"], "num_train": report["num_samples"], "num_test": num_test,
         "num_classes": len(report["class_counts"]), "trainable_params": trainable, "total_params": total,
         "wall_s": wall_s, "samples_per_s": len(history) * report["num_samples"] / train_s if train_s else None,
-        "peak_mem_mb": peak_mb, "device": device.type, "precision": resolve_precision(device, args.precision),
+        "peak_mem_mb": peak_mb, "device": device.type, "precision": precision,
         "ranks": world,
         "det_auroc": last["det_auroc"], "det_auroc_loss": last["det_auroc_loss"],
         "test_nll": last["test_nll"], "test_ece": last["test_ece"],

@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -448,7 +447,7 @@ def summarise(a, cfg, runs, out, notes):
     for m in METHODS + tuple(f"hf_{m}" for m in ("lora", "full")):  # bf16 autocast over fp32, same job
         if f"{m}_bf16_tok_s" in out and f"{m}_tok_s" in out:
             out[f"{m}_bf16_vs_fp32"] = out[f"{m}_bf16_tok_s"] / out[f"{m}_tok_s"]
-    default = "_bf16" if train.pick_device(a.device)[1] is not nullcontext else ""  # --precision auto here
+    default = "_bf16" if train.resolve_precision(train.pick_device(a.device)[0], "auto") == "bf16" else ""
     if f"lora{default}_epoch_over_train_pass" in out:  # the headline: LoRA at this device's default precision
         out["epoch_over_train_pass"] = out[f"lora{default}_epoch_over_train_pass"]
     if "clear_ms_step" in out and "lora_ms_step" in out:  # CleaR's per-step cost over the LoRA it routes

@@ -143,18 +143,24 @@ GRIDS["precision"] = [c for s in (0, 1, 2) for c in
 VARIANTS["loramoe-clean"] = ["--method", "loramoe", "--moe_types", "clean"]
 RESULT_METHODS = ["lora", "clear", "full", "probe", "adapter", "clear-adapter", "loramoe-clean", "match"]
 RESULT_DATA = {"20ng": ["--max_train", "1000", "--max_test", "500", "--max_len", "64"],
-               "r8": ["--max_train", "1000", "--max_test", "500", "--max_len", "64"],
                "mr": ["--max_train", "2000", "--max_test", "500", "--max_len", "64"]}
+RESULT_DATA["r8"] = RESULT_DATA["20ng"]
 MULTI_NOISE = [("sym", 0.4), ("asym", 0.4), ("idn", 0.4), ("sym", 0.2)]
-GRIDS["results"] = [c for s in (0, 1, 2) for c in
-                    cells(["20ng", "r8"], MULTI_NOISE, RESULT_METHODS, [s], RESULT_DATA)
-                    + cells(["mr"], [("sym", 0.4), ("none", 0.0), ("sym", 0.2)], RESULT_METHODS, [s], RESULT_DATA)]
+MR_RESULT_NOISE = [("sym", 0.4), ("none", 0.0), ("sym", 0.2)]
+
+
+def every_method(args):
+    """The results grid's cells (data settings x RESULT_METHODS x seeds 0-2, seed-major) with these train.py
+    arguments per dataset."""
+    return [c for s in (0, 1, 2) for c in cells(["20ng", "r8"], MULTI_NOISE, RESULT_METHODS, [s], args)
+            + cells(["mr"], MR_RESULT_NOISE, RESULT_METHODS, [s], args)]
+
+
+GRIDS["results"] = every_method(RESULT_DATA)
 # The results grid at the CleaR paper's scale: whole datasets, 128 tokens (train.py's default), the official 8
 # epochs, every method and noise setting of the results grid, 3 seeds - a single-GPU job (`--device cuda`, bf16
 # autocast); not yet run on a GPU.
-GRIDS["paper"] = [c for s in (0, 1, 2) for c in
-                  cells(["20ng", "r8"], MULTI_NOISE, RESULT_METHODS, [s], {d: ["--epochs", "8"] for d in ("20ng", "r8")})
-                  + cells(["mr"], [("sym", 0.4), ("none", 0.0), ("sym", 0.2)], RESULT_METHODS, [s], {"mr": ["--epochs", "8"]})]
+GRIDS["paper"] = every_method({d: ["--epochs", "8"] for d in ("20ng", "r8", "mr")})
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
@@ -234,8 +240,8 @@ def readme_blocks(grid, root, assets, draw=True):
         if draw:
             report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
+    shown = RESULT_METHODS if grid is GRIDS.get("results") else MAIN_METHODS
     for dataset in sorted({c.dataset for c in grid}):
-        shown = RESULT_METHODS if grid is GRIDS.get("results") else MAIN_METHODS
         runs = finished_runs(grid, root, dataset=dataset, method=shown)
         if not runs:
             continue
