@@ -66,7 +66,7 @@ def parse_args(argv=None):
                         "r(K-1)/K change - r/2 on two classes; asym i -> i+1 with probability r; idn per-sample "
                         "rates (Xia et al. 2020; on two classes the flip target cannot depend on the text). The "
                         "realised flip rate is printed and saved")
-    p.add_argument("--noise_rate", type=float, default=0.4, help="noise rate r in [0, 1)")
+    p.add_argument("--noise_rate", type=float, default=0.2, help="noise rate r in [0, 1)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size")
     p.add_argument("--eval_batch_size", type=int, default=64, help="batch size for evaluation passes")

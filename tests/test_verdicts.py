@@ -24,3 +24,18 @@ def test_a_comparison_averages_seeds_then_settings():
     text = verdicts.table(runs)
     assert "| CleaR beats its plain PEFT kind | clear (lora) vs lora | all | 2 | 1 of 2 | +1.0 | +1.5 | -20.0 |" in text
     assert "| lora vs full | r8 | 1 | 0 of 1 | -5.0 | -5.0 | -30.0 |" in text
+    short = verdicts.table(runs, overall_only=True)
+    assert "| clear (lora) vs lora | all | 2 | 1 of 2 |" in short and "| mr |" not in short and "| r8 |" not in short
+
+
+def test_moe_groups_average_the_last_epoch_of_typed_runs_only():
+    def moe(dataset, types, g0_clean, g0_noisy):
+        cfg = vars(train.parse_args(["--method", "loramoe", "--dataset", dataset, "--moe_types", types]))
+        first = {"moe_g0_clean": 0.5, "moe_g0_noisy": 0.5}  # an earlier epoch: ignored
+        last = {"moe_g0_clean": g0_clean, "moe_g0_noisy": g0_noisy, "moe_g0_typed_clean": g0_clean,
+                "moe_g0_typed_noisy": None}
+        return {"config": cfg}, [first, last]
+    runs = [moe("mr", "clean", 0.60, 0.40), moe("mr", "clean", 0.50, 0.30), moe("mr", "none", 0.9, 0.9),
+            run("lora", "mr", 0.4, 0, 0.6, 0.6, 0.3)]
+    text = verdicts.moe_groups_table(runs)
+    assert "| mr | 2 | 0.550 | 0.350 | 0.550 | - |" in text  # plain-balance run and LoRA run left out

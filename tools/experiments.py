@@ -213,8 +213,10 @@ def finished_runs(grid, root, **match):
 
 # one picture per method that has its own diagnostics: (file stem, caption, draw(run_dir, png_path))
 PICTURES = {
-    "clear": ("gmm", "CleaR's per-sample losses and fitted mixture after the last warm-up epoch",
-              lambda d, path: report.plot_gmm(d, 3, path)),
+    "clear": ("clear_gates", "CleaR: how often truly clean vs truly noisy samples get their PEFT modules, and the "
+                             "detector's AUROC, per epoch",
+              lambda d, path: report.plot_curves(report.load_runs([d]), ["gate_rate_clean", "gate_rate_noisy",
+                                                                         "det_auroc"], path, "rate / AUROC")),
     "loramoe": ("loramoe_groups", "LoRAMoE expert group 0's routing share, truly clean vs noisy",
                 lambda d, path: report.plot_curves(report.load_runs([d]), ["moe_g0_clean", "moe_g0_noisy"], path,
                                                    "routing share")),
@@ -233,6 +235,8 @@ def readme_blocks(grid, root, assets, draw=True):
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
     if grid is GRIDS.get("results") and everything:  # each claim as numbers (tools/verdicts.py)
         blocks["verdicts"] = verdicts.table(everything)
+        blocks["verdicts-all"] = verdicts.table(everything, overall_only=True)
+        blocks["moe-groups"] = verdicts.moe_groups_table(everything)
     sweep_cells = [c for c in grid if not c.method.startswith(("clear", "match", "loramoe"))]
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full
@@ -246,7 +250,8 @@ def readme_blocks(grid, root, assets, draw=True):
         if not runs:
             continue
         blocks[f"table-{dataset}"] = report.table(runs, ["det_auroc"])
-        main = finished_runs(grid, root, dataset=dataset, rate=0.4, method=["lora", "clear", "full"])
+        rates = {} if grid is GRIDS.get("results") else {"rate": 0.4}  # results: a panel per noise setting
+        main = finished_runs(grid, root, dataset=dataset, method=["lora", "clear", "full"], **rates)
         if main:
             path = os.path.join(assets, f"memorisation_{dataset}.png")
             if draw:

@@ -2,7 +2,7 @@
 Which label-issue score ranks the truly mislabelled training samples first? For finished runs
 with synthetic noise, the AUROC of every score in label_issues.SCORES, from the runs' saved
 per-epoch losses (per_sample.npz: loss (E, N), observed, true), per run and averaged per dataset.
-This is the measurement behind label_issues.DEFAULT_SCORE (README, "Label issues").
+This is the measurement behind label_issues.DEFAULT_SCORE (docs/outputs.md, "Which score ranks the mislabelled rows first").
 
 Usage: python tools/label_issue_scores.py results/fair-test results/ema
 """

@@ -12,7 +12,7 @@ Usage:
     python tools/report.py runs/t2                        # markdown table on stdout
     python tools/report.py runs/t3 --plot assets/memorisation.png
     python tools/report.py runs/t4/clear --gmm_plot assets/gmm.png --gmm_epoch 4
-    python tools/report.py --run runs/mr-clear-sym0.4-s0  # that run's noise_matrix.png and reliability.png
+    python tools/report.py --run runs/mr-clear-lora-sym0.2-s0  # that run's noise_matrix.png and reliability.png
 """
 
 import argparse

@@ -53,21 +53,45 @@ def compare(means, a, b, dataset=None):
     return len(pairs), wins, diffs
 
 
-def table(runs):
-    """Markdown: one row per comparison and dataset, then over every setting."""
+def table(runs, overall_only=False):
+    """Markdown: one row per comparison and dataset, then over every setting (overall_only: that
+    row alone, the README's short form)."""
     means = setting_means(runs)
-    datasets = sorted({d for d, _, _ in means})
+    datasets = [] if overall_only else sorted({d for d, _, _ in means})
     head = ["claim", "A vs B", "data", "settings", "A selected higher", "selected A - B", "last A - B",
             "memorised A - B"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     signed = lambda v: "-" if v is None else f"{v:+.1f}"
     for a, b, claim in COMPARISONS:
-        for dataset in datasets + ([None] if len(datasets) > 1 else []):
+        for dataset in datasets + ([None] if len(datasets) != 1 else []):
             n, wins, diffs = compare(means, a, b, dataset)
             if n:
                 lines.append(f"| {claim} | {a} vs {b} | {dataset or 'all'} | {n} | {wins} of {n} | "
                              f"{signed(diffs['selected_test_acc'])} | {signed(diffs['last_test_acc'])} | "
                              f"{signed(diffs['noisy_memorized'])} |")
+    return "\n".join(lines)
+
+
+MOE_SHARES = ("moe_g0_clean", "moe_g0_noisy", "moe_g0_typed_clean", "moe_g0_typed_noisy")
+
+
+def moe_groups_table(runs):
+    """Markdown: does LoRAMoE's expert group 0 (the clean group) serve clean samples more? Per
+    dataset, group 0's routing share in the last epoch for truly clean / truly noisy samples and for
+    samples the detector typed clean / noisy, mean over settings and seeds (1/2 = no specialisation;
+    the balance loss's optimum is (1 + delta) / 2 for the serving group)."""
+    shares = defaultdict(lambda: defaultdict(list))
+    for summary, metrics in runs:
+        last = metrics[-1] if metrics else {}
+        if summary["config"].get("moe_types") == "clean" and last.get("moe_g0_clean") is not None:
+            for key in MOE_SHARES:
+                if last.get(key) is not None:
+                    shares[summary["config"]["dataset"]][key].append(last[key])
+    head = ["data", "runs", "truly clean", "truly noisy", "typed clean", "typed noisy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset in sorted(shares):
+        row = [f"{np.mean(shares[dataset][k]):.3f}" if shares[dataset][k] else "-" for k in MOE_SHARES]
+        lines.append(f"| {dataset} | {len(shares[dataset]['moe_g0_clean'])} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
