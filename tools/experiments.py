@@ -245,6 +245,7 @@ def readme_blocks(grid, root, assets, draw=True):
             report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
     shown = RESULT_METHODS if grid is GRIDS.get("results") else MAIN_METHODS
+    prefix = "results_" if grid is GRIDS.get("results") else ""  # the earlier grids' pictures keep their names
     for dataset in sorted({c.dataset for c in grid}):
         runs = finished_runs(grid, root, dataset=dataset, method=shown)
         if not runs:
@@ -253,7 +254,7 @@ def readme_blocks(grid, root, assets, draw=True):
         rates = {} if grid is GRIDS.get("results") else {"rate": 0.4}  # results: a panel per noise setting
         main = finished_runs(grid, root, dataset=dataset, method=["lora", "clear", "full"], **rates)
         if main:
-            path = os.path.join(assets, f"memorisation_{dataset}.png")
+            path = os.path.join(assets, f"{prefix}memorisation_{dataset}.png")
             if draw:
                 report.plot_memorisation(main, path)
             blocks[f"memorisation-{dataset}"] = f"![memorised fraction and test accuracy per epoch, {dataset}]({path})"
@@ -268,7 +269,7 @@ def readme_blocks(grid, root, assets, draw=True):
         if method not in PICTURES or f"picture-{method}" in blocks:
             continue
         name, caption, picture = PICTURES[method]
-        path = os.path.join(assets, f"{name}_{cell.dataset}.png")
+        path = os.path.join(assets, f"{prefix}{name}_{cell.dataset}.png")
         if draw:
             picture(cell.out_dir(root), path)
         blocks[f"picture-{method}"] = f"![{caption}]({path})"
