@@ -233,7 +233,8 @@ def readme_blocks(grid, root, assets, draw=True):
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
-    if grid is GRIDS.get("results") and everything:  # each claim as numbers (tools/verdicts.py)
+    results = grid is GRIDS.get("results")  # the results grid: verdicts, every noise setting, results_* pictures
+    if results and everything:  # each claim as numbers (tools/verdicts.py)
         blocks["verdicts"] = verdicts.table(everything)
         blocks["verdicts-all"] = verdicts.table(everything, overall_only=True)
         blocks["moe-groups"] = verdicts.moe_groups_table(everything)
@@ -244,14 +245,14 @@ def readme_blocks(grid, root, assets, draw=True):
         if draw:
             report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
-    shown = RESULT_METHODS if grid is GRIDS.get("results") else MAIN_METHODS
-    prefix = "results_" if grid is GRIDS.get("results") else ""  # the earlier grids' pictures keep their names
+    shown = RESULT_METHODS if results else MAIN_METHODS
+    prefix = "results_" if results else ""  # the earlier grids' pictures keep their names
+    rates = {} if results else {"rate": 0.4}  # results: a memorisation panel per noise setting
     for dataset in sorted({c.dataset for c in grid}):
         runs = finished_runs(grid, root, dataset=dataset, method=shown)
         if not runs:
             continue
         blocks[f"table-{dataset}"] = report.table(runs, ["det_auroc"])
-        rates = {} if grid is GRIDS.get("results") else {"rate": 0.4}  # results: a panel per noise setting
         main = finished_runs(grid, root, dataset=dataset, method=["lora", "clear", "full"], **rates)
         if main:
             path = os.path.join(assets, f"{prefix}memorisation_{dataset}.png")
