@@ -110,6 +110,12 @@ def fmt(values, scale=100.0, digits=1):
 COUNT_COLUMNS = ("samples_per_s", "wall_s")  # extra columns shown as whole numbers
 
 
+def markdown_table(head, rows):
+    """A markdown table: the header, its separator, then one line per row (each a list of cell strings)."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"
+    return "\n".join([line(head), "|" + "---|" * len(head), *map(line, rows)])
+
+
 def table(runs, extra_columns=(), by_lr=False):
     """A markdown table, one row per (dataset, noise, method, distinguishing settings), seeds aggregated:
     test accuracy at the epoch chosen on noisy validation data, at the best epoch (an oracle) and the last."""
@@ -125,7 +131,7 @@ def table(runs, extra_columns=(), by_lr=False):
         groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val})
     head = ["dataset", "noise", "method", "seeds", "selected acc", "best acc", "last acc", "clean train acc",
             "memorised", "realised noise", "trainable", *extra_columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for (dataset, noise_name, method), ss in sorted(groups.items()):
         row = [dataset, noise_name, method, str(len(ss)), fmt([s.get("selected_test_acc") for s in ss]),
                fmt([s["best_test_acc"] for s in ss]),
@@ -133,8 +139,8 @@ def table(runs, extra_columns=(), by_lr=False):
                fmt([s["noisy_memorized"] for s in ss]),
                fmt([s["realized_noise_rate"] for s in ss]), f"{ss[0]['trainable_params']:,}"]
         row += [fmt([s.get(c) for s in ss], scale=1.0, digits=0 if c in COUNT_COLUMNS else 3) for c in extra_columns]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return markdown_table(head, rows)
 
 
 def pyplot():

@@ -60,16 +60,15 @@ def table(runs, overall_only=False):
     datasets = [] if overall_only else sorted({d for d, _, _ in means})
     head = ["claim", "A vs B", "data", "settings", "A selected higher", "selected A - B", "last A - B",
             "memorised A - B"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     signed = lambda v: "-" if v is None else f"{v:+.1f}"
     for a, b, claim in COMPARISONS:
         for dataset in datasets + ([None] if len(datasets) != 1 else []):
             n, wins, diffs = compare(means, a, b, dataset)
             if n:
-                lines.append(f"| {claim} | {a} vs {b} | {dataset or 'all'} | {n} | {wins} of {n} | "
-                             f"{signed(diffs['selected_test_acc'])} | {signed(diffs['last_test_acc'])} | "
-                             f"{signed(diffs['noisy_memorized'])} |")
-    return "\n".join(lines)
+                rows.append([claim, f"{a} vs {b}", dataset or "all", str(n), f"{wins} of {n}",
+                             *(signed(diffs[key]) for key in KEYS)])
+    return report.markdown_table(head, rows)
 
 
 MOE_SHARES = ("moe_g0_clean", "moe_g0_noisy", "moe_g0_typed_clean", "moe_g0_typed_noisy")
@@ -88,11 +87,10 @@ def moe_groups_table(runs):
                 if last.get(key) is not None:
                     shares[summary["config"]["dataset"]][key].append(last[key])
     head = ["data", "runs", "truly clean", "truly noisy", "typed clean", "typed noisy"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for dataset in sorted(shares):
-        row = [f"{np.mean(shares[dataset][k]):.3f}" if shares[dataset][k] else "-" for k in MOE_SHARES]
-        lines.append(f"| {dataset} | {len(shares[dataset]['moe_g0_clean'])} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    rows = [[dataset, str(len(shares[dataset]["moe_g0_clean"])),
+             *(f"{np.mean(shares[dataset][k]):.3f}" if shares[dataset][k] else "-" for k in MOE_SHARES)]
+            for dataset in sorted(shares)]
+    return report.markdown_table(head, rows)
 
 
 if __name__ == "__main__":
