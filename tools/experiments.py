@@ -277,17 +277,22 @@ def readme_blocks(grid, root, assets, draw=True):
     return blocks
 
 
+# a generated block: `<!-- grid:NAME:KEY -->`, newline, body, `<!-- /grid:NAME:KEY -->`
+MARKED_BLOCK = re.compile(r"(<!-- grid:([\w.-]+):([\w.-]+) -->\n)(.*?)(<!-- /grid:\2:\3 -->)", re.S)
+
+
 def write_readme(readme, grid_name, blocks):
-    """Replace the text between `<!-- grid:NAME:KEY -->` and `<!-- /grid:NAME:KEY -->` for each block
-    this file marks; returns the keys written."""
+    """Replace the body of each `<!-- grid:NAME:KEY -->` block this file marks for this grid with
+    blocks[KEY]; returns the keys written."""
     with open(readme) as f:
         text = f.read()
     written = set()
-    for key, body in blocks.items():
-        pattern = re.compile(rf"(<!-- grid:{grid_name}:{key} -->\n).*?(<!-- /grid:{grid_name}:{key} -->)", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-            written.add(key)
+    def replace(m):
+        if m.group(2) != grid_name or m.group(3) not in blocks:
+            return m.group(0)
+        written.add(m.group(3))
+        return m.group(1) + blocks[m.group(3)] + "\n" + m.group(5)
+    text = MARKED_BLOCK.sub(replace, text)
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
@@ -297,9 +302,8 @@ def write_readme(readme, grid_name, blocks):
 
 
 def marked_blocks(text):
-    """{(grid name, key): body} of every `<!-- grid:NAME:KEY -->` ... `<!-- /grid:NAME:KEY -->` block."""
-    found = re.finditer(r"<!-- grid:([\w.-]+):([\w.-]+) -->\n(.*?)<!-- /grid:\1:\2 -->", text, re.S)
-    return {(m.group(1), m.group(2)): m.group(3) for m in found}
+    """{(grid name, key): body} of every marked block in the text."""
+    return {(m.group(2), m.group(3)): m.group(4) for m in MARKED_BLOCK.finditer(text)}
 
 
 def check_readme(readme, assets="assets"):
