@@ -30,6 +30,9 @@ Usage:
 
 from dataclasses import fields
 
+import clear
+import loramoe
+import match_tuning
 import peft
 import routing
 
@@ -115,7 +118,7 @@ def label(cfg):
 @register
 class Clear(Method):
     name, summary = "clear", "CleaR: each sample goes through the PEFT modules as often as it looks clean"
-    settings = routing.ClearConfig
+    settings = clear.ClearConfig
 
     def allows(self, kind):
         return kind.standalone and kind.clear_base_rate is not None
@@ -128,7 +131,7 @@ class Clear(Method):
 
     def hooks(self, model, args, num_train):
         L = model.encoder.config.num_hidden_layers
-        return routing.ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
+        return clear.ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
 
     def label(self, cfg):
         return f"clear ({cfg['peft']})"
@@ -137,12 +140,12 @@ class Clear(Method):
 @register
 class LoRAMoE(Method):
     name, summary = "loramoe", "LoRAMoE: LoRA experts in the FFN, a router, localized balancing"
-    settings = routing.LoRAMoEConfig
+    settings = loramoe.LoRAMoEConfig
     peft = "loramoe"
     reads_all_tokens = True  # the balance loss counts every real token of every layer, the top one too
 
     def hooks(self, model, args, num_train):
-        return routing.LoRAMoERouting(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
+        return loramoe.LoRAMoERouting(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
 
     def label(self, cfg):
         return f"loramoe (types {cfg['moe_types']})"
@@ -151,17 +154,17 @@ class LoRAMoE(Method):
 @register
 class Match(Method):
     name, summary = "match", "Match-Tuning: each [CLS] state mixed with the batch's before the head"
-    settings = routing.MatchConfig
+    settings = match_tuning.MatchConfig
 
     def allows(self, kind):
         return kind.standalone  # any PEFT kind, or --peft none (full fine-tuning)
 
     def build(self, model, args):
         cfg = self.config(args)
-        routing.replace_head_with_match(model, cfg.match_tau, eval_mix=cfg.match_eval == "mix")
+        match_tuning.replace_head_with_match(model, cfg.match_tau, eval_mix=cfg.match_eval == "mix")
 
     def hooks(self, model, args, num_train):
-        return routing.MatchRouting(model)
+        return match_tuning.MatchRouting(model)
 
     def lr_overrides(self, args):
         return {} if args.match_lr is None else {"head.match_dense.": args.match_lr}

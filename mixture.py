@@ -12,7 +12,7 @@ References:
    Li et al. 2020, "DivideMix", ICLR, Sec. 3.1 - the two-component loss mixture.
 3) Kim, Kim, Lee 2024, "CleaR", ACL, Sec. 4.1 - w_i as the probability that routes sample i.
 
-Users: CleaR and LoRAMoE's clean/noisy sample types (routing.py), report.py's loss
+Users: CleaR and LoRAMoE's clean/noisy sample types (clear.py, loramoe.py), report.py's loss
 histogram.
 
 Usage:

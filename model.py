@@ -16,7 +16,7 @@ speedups.py, switched on in one place (train.build_model).
 Two seams for the rest of the project:
 - every projection and LayerNorm takes an optional per-sample `gate` (B,). The plain
   layers here ignore it; the PEFT wrappers in peft.py multiply their delta by it, which
-  is how CleaR (routing.py) switches PEFT modules on and off per sample and per layer.
+  is how CleaR (clear.py) switches PEFT modules on and off per sample and per layer.
 - attention accepts per-layer prefix keys/values (prefix tuning) and extends the mask.
 
 Usage:

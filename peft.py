@@ -30,7 +30,7 @@ Conventions shared by every kind:
 - Every delta starts at zero, so the injected model computes exactly the pretrained
   model's function - except prefix tuning, see PrefixTuning.
 - Every base layer is called as `module(x, gate)`; `gate` (B,) multiplies the delta per
-  sample, which is how CleaR (routing.py) switches PEFT modules on and off.
+  sample, which is how CleaR (clear.py) switches PEFT modules on and off.
 - Parameter names carry the kind's prefixes (param_prefixes: lora_, adapter_, prefix_,
   bitfit_; LoRAMoE's lora_ and router_), so freezing and saving are one name filter.
 

@@ -10,8 +10,8 @@ import peft
 from conftest import TINY_CONFIG, tiny_classifier
 from data import Batch
 from model import Linear
-from routing import (LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, MatchHead, MatchRouting, balance_loss,
-                     replace_head_with_match)
+from loramoe import LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, balance_loss
+from match_tuning import MatchHead, MatchRouting, replace_head_with_match
 
 K = 3
 
@@ -190,7 +190,7 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
 
 
 def test_loramoe_save_load_round_trip(tmp_path):
-    """checkpoint.save_peft / load_peft handle LoRAMoE (model.peft_config is its routing.LoRAMoE kind)."""
+    """checkpoint.save_peft / load_peft handle LoRAMoE (model.peft_config is its loramoe.LoRAMoE kind)."""
     model = moe_model()
     with torch.no_grad():
         for n, p in model.named_parameters():

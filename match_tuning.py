@@ -1,0 +1,137 @@
+"""
+Match-Tuning: each [CLS] representation is mixed with the batch's before the classifier.
+
+Reference: Tong et al. 2022, "Robust Fine-tuning via Perturbation and Interpolation from
+In-batch Instances" (Match-Tuning), IJCAI, Sec. 3.
+
+Usage:
+    replace_head_with_match(model, tau=3.0)     # model.head becomes a MatchHead
+    router = MatchRouting(model)                # no extra loss; logs where the mixing mass goes
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from peft import setting
+from routing import Routing, RoutingError, fp32_region
+
+
+@dataclass
+class MatchConfig:
+    """Match-Tuning (match_tuning.py, Tong et al. 2022)"""
+    match_tau: float = setting(3.0, "temperature of the in-batch similarity z z^T / tau (unpublished; 3 is a "
+                                    "first guess from MiniLM [CLS] dot products, not yet tuned)")
+    match_eval: str = setting("plain", "evaluation: plain z (batch-independent) or the in-batch mix",
+                              choices=("plain", "mix"))
+    match_lr: float = setting(None, "peak learning rate of the new dense layer match_dense (default: --lr)")
+
+    def __post_init__(self):
+        if not self.match_tau > 0:
+            raise RoutingError(f"--match_tau must be > 0, got {self.match_tau}")
+
+
+class MatchHead(nn.Module):
+    """Tong et al. 2022, Sec. 3: each [CLS] representation is replaced by a softmax-weighted
+    mix of the batch's representations before the classifier.
+        z = match_dense(h) (B, C);  S = z z^T / tau (B, B);  M = row-softmax(S);  z~ = M z
+    S uses the raw dot product and includes the example itself. Early in training the
+    mix perturbs each example with others; later same-label examples dominate (Sec. 3.2).
+    tau -> 0 gives z~ = z when each example is its own nearest neighbour in dot product
+    (e.g. equal norms, as after a LayerNorm); a much longer z_j can still attract row i.
+    Evaluation uses the plain z, so a prediction never depends on the rest of the batch;
+    eval_mix=True keeps the mix. match_dense starts as the identity with zero bias: the
+    first similarities are those of the pretrained [CLS] states, and the plain path
+    equals the old head (replace_head_with_match copies it), so nothing is lost at step 0."""
+
+    def __init__(self, hidden, num_classes, tau, eval_mix=False, dropout=0.1):
+        super().__init__()
+        if not tau > 0:
+            raise RoutingError(f"--match_tau must be > 0, got {tau}")
+        self.tau, self.eval_mix = tau, eval_mix
+        self.match_dense = nn.Linear(hidden, hidden)
+        with torch.no_grad():
+            self.match_dense.weight.copy_(torch.eye(hidden))
+            self.match_dense.bias.zero_()
+        self.dropout = nn.Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
+        self.classifier = nn.Linear(hidden, num_classes)
+        self.last_mix = None  # (B, B) M of the last mixed forward, detached, for MatchRouting
+
+    @property
+    def out_features(self):  # checkpoint.save_peft / load_peft read model.head.out_features
+        return self.classifier.out_features
+
+    @torch.no_grad()
+    def as_linear(self):
+        """The evaluation path classifier(match_dense(h)) as one nn.Linear (export.py); None when
+        evaluation mixes the batch (eval_mix), which no per-example classifier can express."""
+        if self.eval_mix:
+            return None
+        d, c = self.match_dense, self.classifier
+        out = nn.Linear(d.in_features, c.out_features).to(c.weight.device)
+        out.weight.copy_(c.weight @ d.weight)
+        out.bias.copy_(c.weight @ d.bias + c.bias)
+        return out
+
+    def mix(self, z):
+        """z (B, C) -> (z~ (B, C), M (B, B)); similarities and softmax in fp32."""
+        with fp32_region(z):
+            zf = z.float()
+            M = torch.softmax(zf @ zf.T / self.tau, dim=-1)  # (B, B), rows sum to 1
+            return (M @ zf).to(z.dtype), M
+
+    def forward(self, h):
+        z = self.match_dense(h)  # (B, C)
+        self.last_mix = None
+        if self.training or self.eval_mix:
+            z, M = self.mix(z)
+            self.last_mix = M.detach()
+        return self.classifier(self.dropout(z))  # (B, K)
+
+
+def replace_head_with_match(model, tau, eval_mix=False):
+    """Swap model.head for a MatchHead whose classifier starts as the old head. The
+    Classifier's dropout moves into the head (after the mix), so h is not dropped twice."""
+    old = model.head
+    head = MatchHead(old.in_features, old.out_features, tau, eval_mix, model.head_dropout.p).train(model.training)
+    with torch.no_grad():
+        head.classifier.weight.copy_(old.weight)
+        head.classifier.bias.copy_(old.bias)
+    model.head, model.head_dropout = head.to(old.weight.device, old.weight.dtype), nn.Identity()
+    return model
+
+
+class MatchRouting(Routing):
+    """No extra loss; logs where each example's mixing mass goes, per epoch: to itself
+    (match_diag), to other examples with the same / a different observed label
+    (match_same_label / match_diff_label), and the same split by true label (*_true).
+    Each step keeps its batch's (index, M); the labels are looked up in epoch_metrics."""
+
+    def __init__(self, model):
+        if not isinstance(model.head, MatchHead):
+            raise RoutingError("MatchRouting needs replace_head_with_match(model, tau) first")
+        self.head, self.mixes, self.last = model.head, [], []
+
+    def extra_losses(self, logits, batch):
+        if self.head.last_mix is not None:
+            self.mixes.append((batch.index.cpu(), self.head.last_mix.cpu()))  # (B,), (B, B) detached
+        return {}
+
+    def end_epoch(self, epoch, train_logits, observed, fit):
+        self.last, self.mixes = self.mixes, []
+
+    def epoch_metrics(self, observed, true):
+        sums, rows = dict.fromkeys(("match_diag", "match_same_label", "match_diff_label", "match_same_true",
+                                    "match_diff_true"), 0.0), 0
+        for index, M in self.last:
+            off = 1 - torch.eye(len(M))  # (B, B) off-diagonal positions
+            sums["match_diag"] += float(M.diagonal().sum())
+            for suffix, labels in (("label", observed), ("true", true)):
+                y = torch.as_tensor(np.asarray(labels)[index.numpy()])
+                same = (y[:, None] == y[None, :]).to(M.dtype) * off
+                sums[f"match_same_{suffix}"] += float((M * same).sum())
+                sums[f"match_diff_{suffix}"] += float((M * (off - same)).sum())
+            rows += len(M)
+        return {k: (v / rows if rows else None) for k, v in sums.items()}
