@@ -57,3 +57,17 @@ def test_variant_names_fall_back_to_every_setting_when_short_names_would_collide
     rows = report.table(report.load_runs([str(tmp_path)])).splitlines()[2:]
     assert len(rows) == 3 and all("| 1 |" in row for row in rows)
     assert len({row.split("|")[3] for row in rows}) == 3
+
+
+def test_memorised_rise_is_the_change_over_the_last_two_epochs(tmp_path):
+    """The results tables' memorised_rise column: memorised share at the last epoch minus two epochs earlier, in points."""
+    for seed, shares in enumerate([[0.1, 0.3, 0.4, 0.6], [0.1, 0.2, 0.5, 0.4]]):
+        fake_run(tmp_path, f"a{seed}", seed, 0.8)
+        (tmp_path / f"a{seed}" / "metrics.jsonl").write_text(
+            "".join(json.dumps({"epoch": e + 1, "noisy_memorized": m}) + "\n" for e, m in enumerate(shares)))
+    fake_run(tmp_path, "short", 0, 0.7, method="full")  # one epoch: no rise to report
+    lines = report.table(report.load_runs([str(tmp_path)]), ["memorised_rise"]).splitlines()
+    rises = [100 * (0.6 - 0.3), 100 * (0.4 - 0.2)]
+    lora = next(line for line in lines if "| lora |" in line)
+    assert lora.endswith(f"| {np.mean(rises):.1f} ± {np.std(rises, ddof=1):.1f} |")
+    assert next(line for line in lines if "| full |" in line).endswith("| - |")

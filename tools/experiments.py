@@ -252,7 +252,7 @@ def readme_blocks(grid, root, assets, draw=True):
         runs = finished_runs(grid, root, dataset=dataset, method=shown)
         if not runs:
             continue
-        blocks[f"table-{dataset}"] = report.table(runs, ["det_auroc"])
+        blocks[f"table-{dataset}"] = report.table(runs, ["memorised_rise", "det_auroc"])
         main = finished_runs(grid, root, dataset=dataset, method=["lora", "clear", "full"], **rates)
         if main:
             path = os.path.join(assets, f"{prefix}memorisation_{dataset}.png")

@@ -108,6 +108,7 @@ def fmt(values, scale=100.0, digits=1):
 
 
 COUNT_COLUMNS = ("samples_per_s", "wall_s")  # extra columns shown as whole numbers
+POINT_COLUMNS = ("memorised_rise",)  # extra columns shown in points, like the accuracies
 
 
 def markdown_table(head, rows):
@@ -128,7 +129,10 @@ def table(runs, extra_columns=(), by_lr=False):
         # the noisy-validation accuracy of the selected epoch, and its mean over the last three epochs (the
         # saved model is the last epoch's; three epochs average out some of a small split's noise)
         selected_val = {"selected_val_acc": max(val), "val_last3": float(np.mean(val[-3:]))} if val else {}
-        groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val})
+        # is memorisation still going on at the end? the memorised share's change over the last two epochs
+        memorised = [m.get("noisy_memorized") for m in metrics[-3:]]
+        rise = {"memorised_rise": memorised[-1] - memorised[0]} if len(memorised) == 3 and None not in memorised else {}
+        groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val, **rise})
     head = ["dataset", "noise", "method", "seeds", "selected acc", "best acc", "last acc", "clean train acc",
             "memorised", "realised noise", "trainable", *extra_columns]
     rows = []
@@ -138,7 +142,8 @@ def table(runs, extra_columns=(), by_lr=False):
                fmt([s["last_test_acc"] for s in ss]), fmt([s.get("train_clean_acc") for s in ss]),
                fmt([s["noisy_memorized"] for s in ss]),
                fmt([s["realized_noise_rate"] for s in ss]), f"{ss[0]['trainable_params']:,}"]
-        row += [fmt([s.get(c) for s in ss], scale=1.0, digits=0 if c in COUNT_COLUMNS else 3) for c in extra_columns]
+        row += [fmt([s.get(c) for s in ss]) if c in POINT_COLUMNS else
+                fmt([s.get(c) for s in ss], scale=1.0, digits=0 if c in COUNT_COLUMNS else 3) for c in extra_columns]
         rows.append(row)
     return markdown_table(head, rows)
 
