@@ -16,14 +16,15 @@ def test_a_comparison_averages_seeds_then_settings():
             run("lora", "r8", 0.2, 0, 0.90, 0.90, 0.20), run("clear", "r8", 0.2, 0, 0.88, 0.91, 0.05),
             run("full", "r8", 0.2, 0, 0.95, 0.95, 0.50)]                       # no clear-vs-full comparison
     means = verdicts.setting_means(runs)
-    n, wins, diffs = verdicts.compare(means, "clear (lora)", "lora")
-    assert (n, wins) == (2, 1)  # mr: 65 > 61 (the lora seeds' mean); r8: 88 < 90
+    n, wins, memorised_less, diffs = verdicts.compare(means, "clear (lora)", "lora")
+    assert (n, wins, memorised_less) == (2, 1, 2)  # selected mr: 65 > 61 (the lora seeds' mean), r8: 88 < 90
     assert abs(diffs["selected_test_acc"] - ((65 - 61) + (88 - 90)) / 2) < 1e-9
     assert abs(diffs["noisy_memorized"] - ((10 - 35) + (5 - 20)) / 2) < 1e-9
-    assert verdicts.compare(means, "clear (lora)", "lora", dataset="mr")[:2] == (1, 1)
+    assert verdicts.compare(means, "clear (lora)", "lora", dataset="mr")[:3] == (1, 1, 1)
     text = verdicts.table(runs)
-    assert "| CleaR beats its plain PEFT kind | clear (lora) vs lora | all | 2 | 1 of 2 | +1.0 | +1.5 | -20.0 |" in text
-    assert "| lora vs full | r8 | 1 | 0 of 1 | -5.0 | -5.0 | -30.0 |" in text
+    assert "| CleaR beats its plain PEFT kind | clear (lora) vs lora | all | 2 | 1 of 2 | 2 of 2 | +1.0 | +1.5 | -20.0 |" in text
+    assert "| lora vs full | r8 | 1 | 0 of 1 | 1 of 1 | -5.0 | -5.0 | -30.0 |" in text
+    assert "| full vs probe |" not in text  # no probe ran
     short = verdicts.table(runs, overall_only=True)
     assert "| clear (lora) vs lora | all | 2 | 1 of 2 |" in short and "| mr |" not in short and "| r8 |" not in short
 
