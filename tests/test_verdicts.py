@@ -14,19 +14,21 @@ def test_a_comparison_averages_seeds_then_settings():
     runs = [run("lora", "mr", 0.4, 0, 0.60, 0.58, 0.30), run("lora", "mr", 0.4, 1, 0.62, 0.60, 0.40),
             run("clear", "mr", 0.4, 0, 0.65, 0.61, 0.10),                      # one seed: its setting counts once
             run("lora", "r8", 0.2, 0, 0.90, 0.90, 0.20), run("clear", "r8", 0.2, 0, 0.88, 0.91, 0.05),
-            run("full", "r8", 0.2, 0, 0.95, 0.95, 0.50)]                       # no clear-vs-full comparison
+            run("full", "r8", 0.2, 0, 0.95, 0.95, 0.50),                       # no clear-vs-full comparison
+            run("lora", "mr", 0.0, 0, 0.80, 0.80, None), run("clear", "mr", 0.0, 0, 0.79, 0.80, None)]  # no noise
     means = verdicts.setting_means(runs)
     n, wins, memorised_less, diffs = verdicts.compare(means, "clear (lora)", "lora")
-    assert (n, wins, memorised_less) == (2, 1, 2)  # selected mr: 65 > 61 (the lora seeds' mean), r8: 88 < 90
-    assert abs(diffs["selected_test_acc"] - ((65 - 61) + (88 - 90)) / 2) < 1e-9
+    # selected: mr 0.4 65 > 61 (the lora seeds' mean), r8 88 < 90, mr none 79 < 80; memorised: only the noisy two
+    assert (n, wins, memorised_less) == (3, 1, (2, 2))
+    assert abs(diffs["selected_test_acc"] - ((65 - 61) + (88 - 90) + (79 - 80)) / 3) < 1e-9
     assert abs(diffs["noisy_memorized"] - ((10 - 35) + (5 - 20)) / 2) < 1e-9
-    assert verdicts.compare(means, "clear (lora)", "lora", dataset="mr")[:3] == (1, 1, 1)
+    assert verdicts.compare(means, "clear (lora)", "lora", dataset="mr")[:3] == (2, 1, (1, 1))
     text = verdicts.table(runs)
-    assert "| CleaR beats its plain PEFT kind | clear (lora) vs lora | all | 2 | 1 of 2 | 2 of 2 | +1.0 | +1.5 | -20.0 |" in text
+    assert "| CleaR beats its plain PEFT kind | clear (lora) vs lora | all | 3 | 1 of 3 | 2 of 2 | +0.3 | +1.0 | -20.0 |" in text
     assert "| lora vs full | r8 | 1 | 0 of 1 | 1 of 1 | -5.0 | -5.0 | -30.0 |" in text
     assert "| full vs probe |" not in text  # no probe ran
     short = verdicts.table(runs, overall_only=True)
-    assert "| clear (lora) vs lora | all | 2 | 1 of 2 |" in short and "| mr |" not in short and "| r8 |" not in short
+    assert "| clear (lora) vs lora | all | 3 | 1 of 3 |" in short and "| mr |" not in short and "| r8 |" not in short
 
 
 def test_moe_groups_average_the_last_epoch_of_typed_runs_only():

@@ -42,13 +42,13 @@ def setting_means(runs):
 
 
 def compare(means, a, b, dataset=None):
-    """(settings, settings where A's selected accuracy is higher, settings where A memorised less,
-    {key: mean A - B in points, or None})."""
+    """(settings, settings where A's selected accuracy is higher, (settings where A memorised less,
+    settings with noisy labels), {key: mean A - B in points, or None})."""
     pairs = [(means[(d, n, a)], means[(d, n, b)]) for (d, n, m) in means
              if m == a and (d, n, b) in means and dataset in (None, d)]
     wins = sum(x["selected_test_acc"] > y["selected_test_acc"] for x, y in pairs)
-    memorised_less = sum(x["noisy_memorized"] is not None and y["noisy_memorized"] is not None
-                         and x["noisy_memorized"] < y["noisy_memorized"] for x, y in pairs)
+    noisy = [(x, y) for x, y in pairs if x["noisy_memorized"] is not None and y["noisy_memorized"] is not None]
+    memorised_less = (sum(x["noisy_memorized"] < y["noisy_memorized"] for x, y in noisy), len(noisy))
     diffs = {}
     for key in KEYS:
         d = [100 * (x[key] - y[key]) for x, y in pairs if x[key] is not None and y[key] is not None]
@@ -70,7 +70,7 @@ def table(runs, overall_only=False):
             n, wins, memorised_less, diffs = compare(means, a, b, dataset)
             if n:
                 rows.append([claim, f"{a} vs {b}", dataset or "all", str(n), f"{wins} of {n}",
-                             f"{memorised_less} of {n}", *(signed(diffs[key]) for key in KEYS)])
+                             "{} of {}".format(*memorised_less), *(signed(diffs[key]) for key in KEYS)])
     return report.markdown_table(head, rows)
 
 
