@@ -54,3 +54,16 @@ def test_readme_blocks_equal_what_the_committed_results_give(tmp_path):
     copy = tmp_path / "README.md"
     copy.write_text(text.replace(row, row.replace(".", ",", 1), 1))  # one number altered in a copy
     assert experiments.check_readme(str(copy)) == [(grid, key, "differs from what the committed results give")]
+
+
+def test_write_readme_draws_only_the_pictures_a_document_marks(monkeypatch, tmp_path):
+    """--write_readme draws a grid's pictures only where some document shows them (no stray PNGs)."""
+    drawn = []
+    monkeypatch.setattr(experiments.report, "plot_memorisation", lambda runs, path: drawn.append(path))
+    grid, root = experiments.GRIDS["results"], os.path.join(experiments.ROOT, experiments.RESULTS["results"])
+    blocks = experiments.readme_blocks(grid, root, str(tmp_path), draw={"memorisation-mr"})
+    assert drawn == [os.path.join(str(tmp_path), "results_memorisation_mr.png")]
+    assert {"memorisation-20ng", "memorisation-r8"} <= set(blocks)  # the markdown of every block, drawn or not
+    drawn.clear()
+    experiments.readme_blocks(grid, root, str(tmp_path), draw=False)
+    assert drawn == []

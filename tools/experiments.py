@@ -228,8 +228,10 @@ PICTURES = {
 
 
 def readme_blocks(grid, root, assets, draw=True):
-    """{marker key: markdown} for every table and picture of this grid that has runs; draw=False
-    gives the same markdown without drawing the pictures (check_readme)."""
+    """{marker key: markdown} for every table and picture of this grid that has runs. draw: True
+    draws every picture, False none (check_readme: the same markdown), a set of keys those alone
+    (--write_readme: the pictures some document marks)."""
+    drawing = lambda key: draw is True or (bool(draw) and key in draw)
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
@@ -242,7 +244,7 @@ def readme_blocks(grid, root, assets, draw=True):
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full
         path = os.path.join(assets, "capacity_20ng.png")
-        if draw:
+        if drawing("capacity"):
             report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
     shown = RESULT_METHODS if results else MAIN_METHODS
@@ -256,7 +258,7 @@ def readme_blocks(grid, root, assets, draw=True):
         main = finished_runs(grid, root, dataset=dataset, method=["lora", "clear", "full"], **rates)
         if main:
             path = os.path.join(assets, f"{prefix}memorisation_{dataset}.png")
-            if draw:
+            if drawing(f"memorisation-{dataset}"):
                 report.plot_memorisation(main, path)
             blocks[f"memorisation-{dataset}"] = f"![memorised fraction and test accuracy per epoch, {dataset}]({path})"
     sweep = [c for c in grid if c in SWEEP_CELLS or (c.dataset, c.noise, c.rate, c.seed) == ("mr", "sym", 0.4, 0)
@@ -271,7 +273,7 @@ def readme_blocks(grid, root, assets, draw=True):
             continue
         name, caption, picture = PICTURES[method]
         path = os.path.join(assets, f"{prefix}{name}_{cell.dataset}.png")
-        if draw:
+        if drawing(f"picture-{method}"):
             picture(cell.out_dir(root), path)
         blocks[f"picture-{method}"] = f"![{caption}]({path})"
     return blocks
@@ -363,7 +365,11 @@ def main(argv=None):
     if runs:
         print(report.table(runs, ["det_auroc"]))
     if args.write_readme:
-        blocks = readme_blocks(grid, args.runs, args.assets)
+        marked = set()
+        for doc in docs:
+            with open(doc) as f:
+                marked |= {key for name, key in marked_blocks(f.read()) if name == args.grid}
+        blocks = readme_blocks(grid, args.runs, args.assets, draw=marked)  # no picture nothing shows
         written = set().union(*(write_readme(doc, args.grid, blocks) for doc in docs))
         for key in sorted(set(blocks) - written):
             print(f"note: no <!-- grid:{args.grid}:{key} --> marker in {', '.join(docs)}; block not written")
