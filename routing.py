@@ -10,8 +10,8 @@ learning with noisy labels implement them, one file each:
 - match_tuning.py: Match-Tuning routes *instances* to each other - each representation is
   mixed with the batch's before the classifier (Tong et al. 2022).
 
-Usage (CleaR's router):
-    router = ClearRouting(num_train, num_layers, ClearConfig(base_rate=0.85), warmup_epochs=3)
+Usage (train.build_hooks makes the router, engine.py's step calls it):
+    router = methods.get(args.method).hooks(model, args, num_train)   # e.g. clear.ClearRouting
     logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
     loss, extra = router.loss(logits, batch)   # CE on the observed label + extra (returned, not hidden)
 """

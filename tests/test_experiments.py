@@ -65,5 +65,5 @@ def test_write_readme_draws_only_the_pictures_a_document_marks(monkeypatch, tmp_
     assert drawn == [os.path.join(str(tmp_path), "results_memorisation_mr.png")]
     assert {"memorisation-20ng", "memorisation-r8"} <= set(blocks)  # the markdown of every block, drawn or not
     drawn.clear()
-    experiments.readme_blocks(grid, root, str(tmp_path), draw=False)
+    experiments.readme_blocks(grid, root, str(tmp_path))
     assert drawn == []

@@ -227,11 +227,10 @@ PICTURES = {
 }
 
 
-def readme_blocks(grid, root, assets, draw=True):
-    """{marker key: markdown} for every table and picture of this grid that has runs. draw: True
-    draws every picture, False none (check_readme: the same markdown), a set of keys those alone
-    (--write_readme: the pictures some document marks)."""
-    drawing = lambda key: draw is True or (bool(draw) and key in draw)
+def readme_blocks(grid, root, assets, draw=()):
+    """{marker key: markdown} for every table and picture of this grid that has runs; the pictures
+    whose keys are in `draw` are drawn too (--write_readme: those some document marks; check_readme:
+    none, the same markdown)."""
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
@@ -244,7 +243,7 @@ def readme_blocks(grid, root, assets, draw=True):
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full
         path = os.path.join(assets, "capacity_20ng.png")
-        if drawing("capacity"):
+        if "capacity" in draw:
             report.plot_capacity(capacity, path)
         blocks["capacity"] = f"![memorised share against clean fit, every capacity and learning rate]({path})"
     shown = RESULT_METHODS if results else MAIN_METHODS
@@ -258,7 +257,7 @@ def readme_blocks(grid, root, assets, draw=True):
         main = finished_runs(grid, root, dataset=dataset, method=["lora", "clear", "full"], **rates)
         if main:
             path = os.path.join(assets, f"{prefix}memorisation_{dataset}.png")
-            if drawing(f"memorisation-{dataset}"):
+            if f"memorisation-{dataset}" in draw:
                 report.plot_memorisation(main, path)
             blocks[f"memorisation-{dataset}"] = f"![memorised fraction and test accuracy per epoch, {dataset}]({path})"
     sweep = [c for c in grid if c in SWEEP_CELLS or (c.dataset, c.noise, c.rate, c.seed) == ("mr", "sym", 0.4, 0)
@@ -273,7 +272,7 @@ def readme_blocks(grid, root, assets, draw=True):
             continue
         name, caption, picture = PICTURES[method]
         path = os.path.join(assets, f"{prefix}{name}_{cell.dataset}.png")
-        if drawing(f"picture-{method}"):
+        if f"picture-{method}" in draw:
             picture(cell.out_dir(root), path)
         blocks[f"picture-{method}"] = f"![{caption}]({path})"
     return blocks
@@ -318,7 +317,7 @@ def check_readme(readme, assets="assets"):
         if grid_name not in RESULTS:
             continue
         if grid_name not in made:
-            made[grid_name] = readme_blocks(GRIDS[grid_name], os.path.join(ROOT, RESULTS[grid_name]), assets, draw=False)
+            made[grid_name] = readme_blocks(GRIDS[grid_name], os.path.join(ROOT, RESULTS[grid_name]), assets)
         want = made[grid_name].get(key)
         if want is None:
             wrong.append((grid_name, key, "no block of this name comes out of the results"))

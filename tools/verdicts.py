@@ -1,8 +1,9 @@
 """
 The verdicts of the results grid as numbers: for each claim, method A against method B in
 every (dataset, noise) setting both ran - how often A's validation-selected test accuracy is
-higher and how often A memorises fewer of the wrong labels, and the mean differences (A - B, in points) of selected accuracy, last-epoch accuracy
-and memorised share, per dataset and over all settings. Seeds are averaged within a setting
+higher and how often A memorises fewer of the wrong labels, and the mean differences (A - B,
+in points) of selected accuracy, last-epoch accuracy and memorised share, per dataset and over
+all settings. Seeds are averaged within a setting
 first, so every setting counts once. experiments.readme_blocks writes the table into
 RESULTS.md (block `verdicts`), so no verdict's number is typed by hand.
 
