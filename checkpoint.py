@@ -246,14 +246,20 @@ def save_training_state(out, config, epoch, history, sample_losses, model, opt, 
         "router": hooks.state_dict(), "detector": detector.state_dict(), "wall_s": wall_s})
 
 
-def restore(state, model, opt, sched, hooks, detector):
-    """(history, per-epoch sample losses, first epoch to run, wall seconds so far); a fresh start for None."""
+def restore(state, model, hooks, detector):
+    """(history, per-epoch sample losses, first epoch to run, wall seconds so far); a fresh start for None.
+    The optimizer follows with restore_optimizer, once the run has built the one of the resumed stage."""
     if state is None:
         return [], [], 0, 0.0
     model.load_state_dict(state["trainable"], strict=False)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     hooks.load_state_dict(state["router"])
     detector.load_state_dict({k: None if v is None else v.numpy() for k, v in state["detector"].items()})
     return state["history"], [t.numpy() for t in state["sample_losses"]], state["epoch"] + 1, state["wall_s"]
+
+
+def restore_optimizer(state, opt, sched):
+    """AdamW's moments and the schedule's position from the checkpoint (nothing for a fresh start)."""
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])

@@ -9,8 +9,8 @@ the PEFT module of layer l is applied to sample i with probability r * w_i), Sec
 
 Usage:
     router = ClearRouting(num_train, num_layers, ClearConfig(base_rate=0.85), warmup_epochs=3)
-    logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))  # gates (B, L)
-    loss, extra = router.loss(logits, batch)   # CE + {"consistency": KL to the last epoch}
+    out = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch), with_features=True)  # gates (B, L)
+    loss, extra = router.loss(out, batch)   # CE + {"consistency": KL to the last epoch}
 """
 
 from dataclasses import dataclass
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import methods
+import peft
 from peft import setting
 from routing import Routing, RoutingError
 
@@ -81,13 +83,13 @@ class ClearRouting(Routing):
     def constant_eval_gate(self):
         return {"all": 1.0, "expected": self.cfg.base_rate}.get(self.cfg.clear_eval)  # sample: None
 
-    def extra_losses(self, logits, batch):
+    def extra_losses(self, out, batch):
         """KL(softmax(t/T) || softmax(z/T)) against the stored teacher (Sec. 4.3); none before one exists."""
         if self.teacher is None or self.cfg.consistency_weight == 0:
             return {}
         T = self.cfg.consistency_temp
-        teacher = F.log_softmax(self.teacher[batch.index.cpu()].to(logits.device) / T, dim=-1)
-        student = F.log_softmax(logits.float() / T, dim=-1)
+        teacher = F.log_softmax(self.teacher[batch.index.cpu()].to(out.logits.device) / T, dim=-1)
+        student = F.log_softmax(out.logits.float() / T, dim=-1)
         kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
         return {"consistency": self.cfg.consistency_weight * kl}
 
@@ -120,3 +122,28 @@ class ClearRouting(Routing):
         self.clean_prob, self.teacher = state["clean_prob"], state["teacher"]
         if self.teacher is not None:  # resumed after warm-up
             self.freeze()
+
+
+# ----------------------------------------------------------------------------
+# the registry entry (methods/__init__.py): --method clear
+
+@methods.register
+class ClearMethod(methods.Method):
+    name, summary = "clear", "CleaR: each sample goes through the PEFT modules as often as it looks clean"
+    settings = ClearConfig
+
+    def allows(self, kind):
+        return kind.standalone and kind.clear_base_rate is not None
+
+    def finalize(self, args):
+        if args.base_rate is None:
+            args.base_rate = peft.KINDS[self.kind(args)].clear_base_rate
+        if args.clear_eval is None and not args.eval_only:
+            args.clear_eval = "expected"
+
+    def hooks(self, model, args, num_train):
+        L = model.encoder.config.num_hidden_layers
+        return ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
+
+    def label(self, cfg):
+        return f"clear ({cfg['peft']})"

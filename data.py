@@ -409,17 +409,19 @@ class Batch(NamedTuple):
 
 def iterate_batches(token_ids: list[np.ndarray], observed_labels, batch_size: int,
                     seed: int, epoch: int, shuffle: bool, pad_id: int = 0,
-                    pad_to: int | None = None, share=None) -> Iterator[Batch]:
-    """Yield length-bucketed Batches over the whole split. With `pad_to`, batches are random
-    (no bucketing) and every one is padded to that width, as fixed-length pipelines do.
-    `share` picks this process's part of the epoch's index batches before any is collated
-    (torchrun, see dist.shard); None = all of them."""
+                    pad_to: int | None = None, share=None, rows=None) -> Iterator[Batch]:
+    """Yield length-bucketed Batches over the whole split, or over its `rows` (positions; a
+    method's kept set) - a batch's index is always the position in the whole split. With
+    `pad_to`, batches are random (no bucketing) and every one is padded to that width, as
+    fixed-length pipelines do. `share` picks this process's part of the epoch's index batches
+    before any is collated (torchrun, see dist.shard); None = all of them."""
     observed = torch.as_tensor(np.asarray(observed_labels), dtype=torch.long)
     if len(token_ids) != len(observed):
         raise DataError("token_ids and observed_labels differ in length")
-    lengths = np.array([len(t) for t in token_ids])
+    rows = np.arange(len(token_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+    lengths = np.array([len(token_ids[i]) for i in rows])
     bucket_factor = 1 if pad_to else 50  # 1: a chunk is one batch, so nothing is grouped by length
-    batches = length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle, bucket_factor)
+    batches = [rows[b] for b in length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle, bucket_factor)]
     for idx in batches if share is None else share(batches):
         ids, mask = collate(token_ids, idx, pad_id, pad_to)
         idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))

@@ -3,13 +3,15 @@ The training engine: one optimizer step, one epoch of steps, and the optimizer w
 learning-rate schedule. train.py runs them; bench.py times train_step itself, so what is
 measured is what trains.
 
-A step: the method's gates (routing.Routing.gates) -> forward under autocast -> the
-method's loss(logits, batch), which returns its extra terms explicitly -> backward ->
-gradient clipping -> AdamW -> scheduler. A batch carries the observed labels only (data.Batch).
+A step: the method's step_loss (routing.Routing: by default its gates -> forward under
+autocast -> its loss on the model outputs, which returns its extra terms explicitly) ->
+backward -> gradient clipping -> AdamW -> scheduler. A batch carries the observed labels
+only (data.Batch).
 
 Usage:
     opt, sched = build_optimizer(model, lr=2e-3, weight_decay=0.01, warmup_ratio=0.1, total_steps=600)
-    stats = train_epoch(model, hooks, batches, opt, sched, grad_clip=1.0, autocast=nullcontext)
+    stats = train_epoch(model, model, hooks, batches, opt, sched, grad_clip=1.0, autocast=nullcontext,
+                        device=torch.device("cpu"))   # forward = the model, or its DDP wrapper
 """
 
 import time
@@ -53,11 +55,11 @@ def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overr
 
 
 def train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast):
-    """One optimizer step on one batch. forward(input_ids, attention_mask, gates) -> logits (B, K);
-    params: the trainable parameters (clipped together). Returns (loss, {extra term: value})."""
-    with autocast():
-        logits = forward(batch.input_ids, batch.attention_mask, gates=hooks.gates(batch))
-    loss, extra = hooks.loss(logits, batch)
+    """One optimizer step on one batch: the method's step_loss (routing.Routing: its gates, forward
+    passes and loss on the model outputs) -> backward -> clipping -> AdamW -> scheduler. forward: the
+    model (DDP-wrapped under torchrun); params: the trainable parameters (clipped together).
+    Returns (loss, {extra term: value})."""
+    loss, extra = hooks.step_loss(forward, batch, autocast)
     extra = {k: v.item() for k, v in extra.items()}
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -11,7 +11,7 @@ The experts are a PEFT kind (`LoRAMoE`, registered in peft.KINDS); the balance l
 sample types are the method's hooks (`LoRAMoERouting`). Usage:
     peft.inject(model, LoRAMoE())                     # wraps every layer's ffn_in and ffn_out
     router = LoRAMoERouting(model, num_train, LoRAMoEConfig(moe_types="clean"))
-    loss, extra = router.loss(model(ids, mask), batch)  # CE + {"balance": sum over wrapped linears}
+    loss, extra = router.loss(model(ids, mask, with_features=True), batch)  # CE + {"balance": sum over wrapped linears}
 """
 
 import math
@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import methods
 import peft
 from model import linear_shapes
 from peft import setting
@@ -165,7 +166,7 @@ class LoRAMoERouting(Routing):
         self.loss_sum, self.steps = 0.0, 0
         self.last = None  # (share0, visits, balance, assigned types) of the last finished epoch, for the metrics
 
-    def extra_losses(self, logits, batch):
+    def extra_losses(self, out, batch):
         if any(m.last_route is None for m in self.modules):
             raise RuntimeError("extra_losses needs a forward pass through the LoRAMoE model first")
         types = self.types[batch.index.cpu()].to(batch.index.device) if self.typed else None
@@ -211,3 +212,20 @@ class LoRAMoERouting(Routing):
 
     def load_state_dict(self, state):
         self.types, self.typed = state["types"], state["typed"]
+
+
+# ----------------------------------------------------------------------------
+# the registry entry (methods/__init__.py): --method loramoe
+
+@methods.register
+class LoRAMoEMethod(methods.Method):
+    name, summary = "loramoe", "LoRAMoE: LoRA experts in the FFN, a router, localized balancing"
+    settings = LoRAMoEConfig
+    peft = "loramoe"
+    reads_all_tokens = True  # the balance loss counts every real token of every layer, the top one too
+
+    def hooks(self, model, args, num_train):
+        return LoRAMoERouting(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
+
+    def label(self, cfg):
+        return f"loramoe (types {cfg['moe_types']})"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import methods
 from peft import setting
 from routing import Routing, RoutingError, fp32_region
 
@@ -114,7 +115,7 @@ class MatchRouting(Routing):
             raise RoutingError("MatchRouting needs replace_head_with_match(model, tau) first")
         self.head, self.mixes, self.last = model.head, [], []
 
-    def extra_losses(self, logits, batch):
+    def extra_losses(self, out, batch):
         if self.head.last_mix is not None:
             self.mixes.append((batch.index.cpu(), self.head.last_mix.cpu()))  # (B,), (B, B) detached
         return {}
@@ -135,3 +136,31 @@ class MatchRouting(Routing):
                 sums[f"match_diff_{suffix}"] += float((M * (off - same)).sum())
             rows += len(M)
         return {k: (v / rows if rows else None) for k, v in sums.items()}
+
+
+# ----------------------------------------------------------------------------
+# the registry entry (methods/__init__.py): --method match
+
+@methods.register
+class MatchMethod(methods.Method):
+    name, summary = "match", "Match-Tuning: each [CLS] state mixed with the batch's before the head"
+    settings = MatchConfig
+
+    def allows(self, kind):
+        return kind.standalone  # any PEFT kind, or --peft none (full fine-tuning)
+
+    def build(self, model, args):
+        cfg = self.config(args)
+        replace_head_with_match(model, cfg.match_tau, eval_mix=cfg.match_eval == "mix")
+
+    def hooks(self, model, args, num_train):
+        return MatchRouting(model)
+
+    def lr_overrides(self, args):
+        return {} if args.match_lr is None else {"head.match_dense.": args.match_lr}
+
+    def extra_params(self, bert):  # match_dense, hidden -> hidden
+        return bert.hidden_size ** 2 + bert.hidden_size
+
+    def label(self, cfg):
+        return f"match ({cfg['peft']}, tau {cfg['match_tau']:g})"

@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -252,9 +253,21 @@ class Classifier(nn.Module):
         prefix = None if self.prefix is None else self.prefix()
         return self.encoder(input_ids, attention_mask, gates=gates, prefix=prefix, cls_only=self.cls_only)[:, 0]
 
-    def forward(self, input_ids, attention_mask, gates=None):
-        """Logits (B, K)."""
-        return self.head(self.head_dropout(self.features(input_ids, attention_mask, gates)))
+    def classify(self, features):
+        """The head on [CLS] features (B, C) -> logits (B, K): how mixup methods classify mixed features."""
+        return self.head(self.head_dropout(features))
+
+    def forward(self, input_ids, attention_mask, gates=None, with_features=False):
+        """Logits (B, K); with_features: Outputs(logits, the [CLS] features (B, C)) for a method's loss."""
+        features = self.features(input_ids, attention_mask, gates)
+        logits = self.classify(features)
+        return Outputs(logits, features) if with_features else logits
+
+
+class Outputs(NamedTuple):
+    """What a training forward hands a method's loss hook (routing.Routing.loss)."""
+    logits: torch.Tensor    # (B, K)
+    features: torch.Tensor  # (B, C) final [CLS] hidden states, before the head's dropout
 
 
 # ----------------------------------------------------------------------------

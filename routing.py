@@ -1,7 +1,7 @@
 """
 The hooks through which a training method changes plain training (`Routing`), used by
-engine.py; methods.py says which method builds which router. Three routing ideas for
-learning with noisy labels implement them, one file each:
+engine.py and train.py; each method's registry entry (methods/) builds its own. Three
+routing ideas for learning with noisy labels implement them, one file each:
 - clear.py: CleaR routes *samples* to PEFT modules - each sample passes through them only
   as often as it looks clean (Kim, Kim, Lee 2024);
 - loramoe.py: LoRAMoE routes *tokens* to LoRA experts, with a balancing constraint that can
@@ -9,11 +9,17 @@ learning with noisy labels implement them, one file each:
   noisy (Dou et al. 2024);
 - match_tuning.py: Match-Tuning routes *instances* to each other - each representation is
   mixed with the batch's before the classifier (Tong et al. 2022).
+The noisy-label methods of methods/ use the same hooks: a loss on the model outputs (gce.py,
+elr.py, small_loss.py), a training step of their own (selfmix.py: an evaluation-mode pass,
+two dropout views, mixup of [CLS] features), stages and per-epoch training data
+(filter_retrain.py: a warm-up detector, then a fresh model on the kept rows).
 
-Usage (train.build_hooks makes the router, engine.py's step calls it):
-    router = methods.get(args.method).hooks(model, args, num_train)   # e.g. clear.ClearRouting
-    logits = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch))
-    loss, extra = router.loss(logits, batch)   # CE on the observed label + extra (returned, not hidden)
+Usage (train.py makes the hooks, engine.train_step calls them):
+    hooks = methods.get(args.method).hooks(model, args, num_train)   # e.g. clear.ClearRouting
+    loss, extra = hooks.step_loss(model, batch, autocast)            # what one optimizer step minimises
+    # which by default is:
+    out = model(batch.input_ids, batch.attention_mask, gates=hooks.gates(batch), with_features=True)
+    loss, extra = hooks.loss(out, batch)   # CE on out.logits + extra terms (returned, not hidden)
 """
 
 from typing import ClassVar
@@ -31,9 +37,18 @@ class Routing:
 
         gates(batch)                    -> (B, L) per-sample, per-layer PEFT gates, or None (all on)
         eval_gates(B, device, generator) -> the same for evaluation passes
-        extra_losses(logits, batch)     -> {name: scalar tensor}, added to the loss, logged as train_<name>
-        loss(logits, batch)             -> (loss, extra_losses): cross-entropy on the observed label
-                                           plus the extras; override to select or reweight samples
+        step_loss(forward, batch, autocast) -> (loss, extra_losses) of one optimizer step; forward is the
+                                           model (DDP-wrapped under torchrun). Override for several
+                                           forwards (two dropout views, an evaluation-mode pass, mixup)
+        loss(out, batch)                -> (loss, extra_losses): cross-entropy of out.logits on the observed
+                                           label plus the extras; out: model.Outputs (logits (B, K) and the
+                                           [CLS] features (B, C)); override to select or reweight samples
+        extra_losses(out, batch)        -> {name: scalar tensor}, added to the loss, logged as train_<name>
+        stage_starts()                  -> epochs at which a fresh model starts: train.py re-initialises the
+                                           trainable weights, the optimizer and its schedule there
+        epoch_data(epoch, observed)     -> (labels (N,), keep (N,) bool or None): the labels this epoch trains
+                                           on (-1: unlabelled, for a method whose loss handles it) and
+                                           the rows it trains on (None: all)
         end_epoch(epoch, train_logits, observed, fit) -> refit per-sample state after the training-set
                                            pass; fit: that epoch's mixture.DetectorFit (clean_prob w)
         epoch_metrics(observed, true)   -> {name: value}: the one hook that sees the true labels
@@ -54,12 +69,23 @@ class Routing:
         constant (1.0: no gating), else None (sampled gates): export.fold_model scales by it."""
         return 1.0
 
-    def extra_losses(self, logits, batch):
+    def step_loss(self, forward, batch, autocast):
+        with autocast():
+            out = forward(batch.input_ids, batch.attention_mask, gates=self.gates(batch), with_features=True)
+        return self.loss(out, batch)
+
+    def extra_losses(self, out, batch):
         return {}
 
-    def loss(self, logits, batch):
-        extra = self.extra_losses(logits, batch)
-        return F.cross_entropy(logits.float(), batch.label) + sum(extra.values()), extra
+    def loss(self, out, batch):
+        extra = self.extra_losses(out, batch)
+        return F.cross_entropy(out.logits.float(), batch.label) + sum(extra.values()), extra
+
+    def stage_starts(self):
+        return ()
+
+    def epoch_data(self, epoch, observed):
+        return observed, None
 
     def end_epoch(self, epoch, train_logits, observed, fit):
         pass

@@ -48,6 +48,9 @@ class RunError(RuntimeError):
     """A run that cannot start as asked (settings, output directory, resume mismatch)."""
 
 
+ORACLES = ("none", "clean-subset", "noise-free")  # --oracle: the references a perfect detector / no noise would give
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -67,6 +70,10 @@ def parse_args(argv=None):
                         "rates (Xia et al. 2020; on two classes the flip target cannot depend on the text). The "
                         "realised flip rate is printed and saved")
     p.add_argument("--noise_rate", type=float, default=0.2, help="noise rate r in [0, 1)")
+    p.add_argument("--oracle", choices=ORACLES, default="none",
+                   help="a reference that reads the true labels (never a method): clean-subset trains only on the "
+                        "truly clean rows of the noisy training split, noise-free on their true labels; the noisy "
+                        "validation split stays as it is")
     p.add_argument("--epochs", type=int, default=6, help="training epochs")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size")
     p.add_argument("--eval_batch_size", type=int, default=64, help="batch size for evaluation passes")
@@ -125,6 +132,10 @@ def finalize(args):
         ok = ["none" if c.trains_base else k for k, c in peft.KINDS.items() if method.allows(c)]
         raise RunError(f"--method {args.method} cannot sit on --peft {args.peft}: choose from {', '.join(ok)}")
     method.finalize(args)
+    args.method_module = methods.module_of(args.method)  # where a fresh process finds the entry again (load_run)
+    if args.oracle != "none" and args.noise == "none" and not args.noisy_labels:
+        raise RunError(f"--oracle {args.oracle} needs synthetic noise (--noise or --noisy_labels): without it the "
+                       "true labels are unknown")
     for name, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_len", 2)):
         if getattr(args, name) < low:
             raise RunError(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -208,7 +219,8 @@ def pick_device(name, precision="auto"):
 
 def noisy_split(args, ds, model, tokenizer, device, log):
     """Token ids and labels of the noisy training split, minus a noisy validation share:
-    ((train ids, true, observed), (val ids, true, observed), test ids, noise report of the training part)."""
+    ((train ids, true, observed), (val ids, true, observed), test ids, noise report of the training part,
+    (observed labels of the whole split, which of its rows train)); --oracle changes the training part."""
     train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
     test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
     true, K = ds.train.labels, len(ds.class_names)
@@ -221,15 +233,68 @@ def noisy_split(args, ds, model, tokenizer, device, log):
             features = sentence_embeddings(model.encoder.to(device), train_ids, args.eval_batch_size, device)
         observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
     is_val = data.validation_split(observed, args.val_fraction, args.seed)
+    source_rate = noise.noise_report(true[~is_val], observed[~is_val], K)["realized_rate"]
+    observed, left_out = oracle_labels(args.oracle, observed, true, is_val, log)
+    in_train = ~is_val & ~left_out
     part = lambda keep: ([train_ids[i] for i in np.flatnonzero(keep)], true[keep], observed[keep])
-    train, val = part(~is_val), part(is_val)
-    report = noise.noise_report(train[1], train[2], K)
+    train, val = part(in_train), part(is_val)
+    report = {**noise.noise_report(train[1], train[2], K), "source_noise_rate": source_rate}
     how = f"from {args.noisy_labels}" if args.noisy_labels else f"{args.noise} r={args.noise_rate}"
     log(f"data: {ds.name}, {len(train[1])} train / {len(val[1])} noisy validation / {len(ds.test.labels)} test, "
         f"{K} classes; noise {how}: realised flip rate {report['realized_rate']:.3f}")
     for note in ds.notes:
         log(f"data: {note}")
-    return train, val, test_ids, report, (observed, is_val)
+    return train, val, test_ids, report, (observed, in_train)
+
+
+def oracle_labels(oracle, observed, true, is_val, log):
+    """--oracle: (observed labels, rows left out of training) of a reference run. clean-subset
+    leaves the truly noisy training rows out, noise-free gives the training rows their true
+    labels; the noisy validation rows stay as drawn, so selection is the methods'."""
+    left_out = np.zeros(len(observed), dtype=bool)
+    if oracle == "none":
+        return observed, left_out
+    observed, noisy = observed.copy(), (observed != true) & ~is_val
+    if oracle == "clean-subset":
+        log(f"oracle clean-subset: {int(noisy.sum())} truly noisy training rows left out (reads the true labels)")
+        return observed, noisy
+    log(f"oracle noise-free: {int(noisy.sum())} training labels set back to the true ones (reads the true labels)")
+    observed[~is_val] = true[~is_val]
+    return observed, left_out
+
+
+class Stage:
+    """The optimizer, schedule and training rows of the stage an epoch belongs to. A method's
+    stage_starts() (routing.Routing) are epochs where a fresh model starts: the trainable weights
+    go back to their initial values and the optimizer and schedule start again, over the rows and
+    labels the method gives (epoch_data) - a warm-up detector, then a fresh model on the kept set."""
+
+    def __init__(self, args, model, hooks, observed, steps_of):
+        self.args, self.model, self.hooks, self.observed, self.steps_of = args, model, hooks, observed, steps_of
+        self.initial = {k: v.detach().clone() for k, v in checkpoint.peft_state_dict(model).items()}
+        self.starts = sorted(set(hooks.stage_starts()) | {0})
+        self.start = None
+
+    def first_epoch_of(self, epoch):
+        return max(s for s in self.starts if s <= epoch)
+
+    def enter(self, epoch, fresh):
+        """Build the optimizer for the stage of `epoch` if it is not the current one; fresh: a new
+        stage begins (weights back to their initial values) rather than a resumed one."""
+        start = self.first_epoch_of(epoch)
+        if start == self.start:
+            return False
+        if fresh and start > 0:
+            self.model.load_state_dict(self.initial, strict=False)
+        end = min([s for s in self.starts if s > start] + [self.args.epochs])
+        labels, keep = self.hooks.epoch_data(epoch, self.observed)
+        rows = None if keep is None else np.flatnonzero(keep)
+        a, method = self.args, methods.get(self.args.method)
+        self.opt, self.sched = engine.build_optimizer(self.model, a.lr, a.weight_decay, a.warmup_ratio,
+                                                      self.steps_of(rows) * (end - start), method.lr_overrides(a),
+                                                      a.lr_schedule)
+        self.start = start
+        return True
 
 
 def run(args):
@@ -245,7 +310,7 @@ def run(args):
     if min(len(ds.train.texts), len(ds.test.texts)) < world:
         raise RunError(f"{min(len(ds.train.texts), len(ds.test.texts))} examples cannot be shared by {world} ranks")
     ckpt = open_out_dir(args, main_rank)  # only now, so that bad settings or files lose nothing
-    (train_ids, true, observed), val, test_ids, report, (observed_all, is_val) = \
+    (train_ids, true, observed), val, test_ids, report, (observed_all, in_train) = \
         noisy_split(args, ds, model, tokenizer, device, log)
 
     model.to(device)
@@ -259,10 +324,13 @@ def run(args):
         + (f"; {world} ranks" if world > 1 else ""))
     params = count_params(model)  # (trainable, total) as built: --clear_freeze stops some of them later
     share = lambda batches: dist.shard(batches, rank, world)  # this rank's batches (all of them in one process)
-    steps = len(share(data.length_bucketed_batches([len(t) for t in train_ids], args.batch_size, args.seed, 0)))
-    opt, sched = engine.build_optimizer(model, args.lr, args.weight_decay, args.warmup_ratio, steps * args.epochs,
-                                        methods.get(args.method).lr_overrides(args), args.lr_schedule)
-    history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, opt, sched, hooks, detector)
+    lengths = np.array([len(t) for t in train_ids])
+    steps_of = lambda rows: len(share(data.length_bucketed_batches(lengths if rows is None else lengths[rows],
+                                                                   args.batch_size, args.seed, 0)))
+    stage = Stage(args, model, hooks, observed, steps_of)  # the initial weights are kept before any restore
+    history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, hooks, detector)
+    stage.enter(min(start_epoch, args.epochs - 1), fresh=False)
+    checkpoint.restore_optimizer(ckpt, stage.opt, stage.sched)
     if ckpt is not None:
         log(f"resumed from {args.out} after epoch {start_epoch}")
     if main_rank:
@@ -275,13 +343,17 @@ def run(args):
 
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
+        if stage.enter(epoch, fresh=True):
+            log(f"epoch {epoch + 1}: a fresh model starts (stage {stage.starts.index(stage.start) + 1})")
         if world > 1:  # each rank its own dropout / gate draws
             torch.manual_seed(args.seed * 100_003 + epoch * 1_009 + rank)
-        batches = data.iterate_batches(train_ids, observed, args.batch_size, args.seed, epoch, shuffle=True,
-                                       pad_to=pad_to, share=share)
+        labels, keep = hooks.epoch_data(epoch, observed)  # the method's rows and labels (default: all, observed)
+        rows = None if keep is None else np.flatnonzero(keep)
+        batches = data.iterate_batches(train_ids, labels, args.batch_size, args.seed, epoch, shuffle=True,
+                                       pad_to=pad_to, share=share, rows=rows)
         bar = None if args.no_progress or not main_rank or not sys.stderr.isatty() else f"epoch {epoch + 1}/{args.epochs}"
-        stats = engine.train_epoch(forward, model, hooks, batches, opt, sched, args.grad_clip, autocast, device,
-                                   steps, bar)
+        stats = engine.train_epoch(forward, model, hooks, batches, stage.opt, stage.sched, args.grad_clip, autocast,
+                                   device, steps_of(rows), bar)
         eval_model = evaluation_model(model, hooks, fold)
         test_logits, train_logits = evaluate(eval_model, test_ids), evaluate(eval_model, train_ids)  # one pass
         val_pred = evaluate(eval_model, val[0]).argmax(1) if len(val[0]) else None       # serves every metric
@@ -292,7 +364,7 @@ def run(args):
         m = {"epoch": epoch + 1, **stats,
              **epoch_metrics(test_logits, ds.test.labels, train_logits, observed, true, hooks, fit,
                              val_pred, *val[1:]),
-             "lr": sched.get_last_lr()[0], "train_pass_s": train_pass_s, "epoch_s": time.time() - t0}
+             "lr": stage.sched.get_last_lr()[0], "train_pass_s": train_pass_s, "epoch_s": time.time() - t0}
         history.append(m)
         sample_losses.append(fit.loss)
         mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
@@ -300,8 +372,8 @@ def run(args):
             f"train clean acc {m['train_clean_acc']:.4f}{mem}")
         if main_rank:
             write_metrics(args.out, [m], "a")
-            checkpoint.save_training_state(args.out, vars(args), epoch, history, sample_losses, model, opt, sched,
-                                           hooks, detector, wall_before + time.time() - t_start)
+            checkpoint.save_training_state(args.out, vars(args), epoch, history, sample_losses, model, stage.opt,
+                                           stage.sched, hooks, detector, wall_before + time.time() - t_start)
 
     if start_epoch == args.epochs:  # resumed after the last epoch: the final passes again, for the outputs
         eval_model = evaluation_model(model, hooks, fold)
@@ -316,7 +388,7 @@ def run(args):
         log(f"exported to {args.export_hf} (Hugging Face BertForSequenceClassification layout)")
     np.savez_compressed(os.path.join(args.out, "per_sample.npz"), loss=np.stack(sample_losses),
                         observed=observed, true=true)
-    train_part = (ds.train.rows[~is_val], [t for t, v in zip(ds.train.texts, is_val) if not v], observed, true)
+    train_part = (ds.train.rows[in_train], [t for t, v in zip(ds.train.texts, in_train) if v], observed, true)
     issues = outputs.write_run_outputs(
         args.out, log, ds.class_names, train_part, (ds.train.rows, ds.train.labels, observed_all), train_logits,
         fit, np.stack(sample_losses), args.loss_ema, test_logits, ds.test.labels,
@@ -325,11 +397,15 @@ def run(args):
                         wall_before + time.time() - t_start)
     summary.update(issues)
     checkpoint.write_json(os.path.join(args.out, "summary.json"), summary)
+    print_done(args, summary)
+    return summary
+
+
+def print_done(args, summary):
     chosen = "" if summary["selected_epoch"] is None else \
         f"selected on noisy validation {summary['selected_test_acc']:.4f} (epoch {summary['selected_epoch']}), "
     print(f"done: test acc {chosen}best {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}, an "
           f"oracle), last {summary['last_test_acc']:.4f}; results in {args.out}")
-    return summary
 
 
 def open_out_dir(args, main_rank):
@@ -364,7 +440,8 @@ def summarise(args, history, hooks, report, params, num_test, device, precision,
         "selected_val_acc": None if selected is None else val[selected],
         "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "last_test_acc": accs[-1],
         "noisy_memorized": last["noisy_memorized"], "train_clean_acc": last["train_clean_acc"],
-        "realized_noise_rate": report["realized_rate"], "num_train": report["num_samples"], "num_test": num_test,
+        "realized_noise_rate": report["realized_rate"], "source_noise_rate": report.get("source_noise_rate"),
+        "num_train": report["num_samples"], "num_test": num_test,
         "num_classes": len(report["class_counts"]), "trainable_params": trainable, "total_params": total,
         "wall_s": wall_s, "samples_per_s": len(history) * report["num_samples"] / train_s if train_s else None,
         "peak_mem_mb": peak_mb, "device": device.type, "precision": precision,
@@ -389,6 +466,7 @@ def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
         class_names = checkpoint.read_peft_config(run_dir)["class_names"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise RunError(f"{summary_path}: not a summary written by train.py ({e!r})") from None
+    methods.get(config["method"], config.get("method_module"))  # a method defined outside methods/: import it
     defaults = vars(parse_args(["--method", config["method"]]))  # settings added since the run was made
     cfg = argparse.Namespace(**{**defaults, **config, "device": device, **(overrides or {})})
     if clear_eval is not None:
@@ -422,7 +500,10 @@ def main(argv=None):
     args = None
     try:
         args = parse_args(argv)
-        return evaluate_saved(args) if args.eval_only else run(args)
+        if args.eval_only:
+            return evaluate_saved(args)
+        own_run = methods.get(args.method).run  # a method without train.py's loop (methods/practitioner.py)
+        return own_run(args) if own_run else run(args)
     except EXPECTED_ERRORS as e:  # bad input: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

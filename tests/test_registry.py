@@ -100,8 +100,8 @@ class SmallLossRouting(routing.Routing):
     with the smallest loss - written as the loss hook alone."""
     kept = []
 
-    def loss(self, logits, batch):
-        per_sample = F.cross_entropy(logits.float(), batch.label, reduction="none")  # (B,)
+    def loss(self, out, batch):
+        per_sample = F.cross_entropy(out.logits.float(), batch.label, reduction="none")  # (B,)
         keep = per_sample.argsort()[: max(1, int(0.7 * len(per_sample)))]
         SmallLossRouting.kept.append((len(keep), len(per_sample)))
         return per_sample[keep].mean(), {}

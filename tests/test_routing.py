@@ -11,6 +11,7 @@ import mixture
 import routing
 import train
 from data import Batch
+from model import Outputs
 
 
 def test_em_recovers_a_known_mixture():
@@ -88,12 +89,13 @@ def test_evaluation_gate_modes():
 def test_consistency_is_zero_at_the_teacher_and_positive_elsewhere():
     router = make_router(n=4)
     batch = lambda index: Batch(None, None, index, None)
-    assert router.extra_losses(torch.randn(2, 3), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
+    out = lambda logits: Outputs(logits, None)
+    assert router.extra_losses(out(torch.randn(2, 3)), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
     router.teacher = torch.randn(4, 3)
     index = torch.tensor([2, 0])
-    same = router.extra_losses(router.teacher[index].clone(), batch(index))["consistency"]
+    same = router.extra_losses(out(router.teacher[index].clone()), batch(index))["consistency"]
     assert same.abs().item() < 1e-6
-    other = router.extra_losses(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0]), batch(index))["consistency"]
+    other = router.extra_losses(out(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0])), batch(index))["consistency"]
     assert other.item() > 0.01
 
 

@@ -1,12 +1,18 @@
 """
-The table of training methods: one entry per method declares everything that differs
-between them, so train.py, bench.py, experiments.py and report.py never name a method.
+The registry of training methods: one entry per method declares everything that differs
+between them, so train.py, bench.py, experiments.py and report.py find every method here.
 
 A method is a PEFT kind to train (peft.py's registry: its flags, default learning rate,
-injection, parameter and FLOP counts) plus training hooks (routing.Routing: gates, loss,
-per-epoch refits and metrics). The plain methods - full, lora, adapter, prefix, bitfit,
-and any kind registered later with `standalone = True` - train their kind with the
-plain hooks; the entries below add CleaR, LoRAMoE and Match-Tuning.
+injection, parameter and FLOP counts) plus training hooks (routing.Routing: gates, the
+training step's loss on the model outputs, per-epoch refits, stages, metrics). The plain
+methods - full, lora, adapter, prefix, bitfit, and any kind registered later with
+`standalone = True` - train their kind with the plain hooks. Every other method is one file
+that registers itself with @register: the three seed methods at the top level (clear.py,
+loramoe.py, match_tuning.py) and the noisy-label methods in this folder (gce.py, elr.py,
+small_loss.py, filter_retrain.py, selfmix.py, practitioner.py). Importing this package
+imports them all, so a new file in methods/ is a new --method for every entry point; a
+method defined elsewhere (a test, a user's module) is found again by the module name a run
+records (config["method_module"], see get()).
 
 An entry declares:
     name, summary       --method NAME and its one-line description (--help, README)
@@ -14,9 +20,11 @@ An entry declares:
     peft                the PEFT kind it trains, or None: --peft chooses, among allows(kind)
     default_lr          None: the PEFT kind's
     reads_all_tokens    True: the top layer computes every token (no [CLS]-only speed path)
+    reference           True: an oracle or a baseline outside fine-tuning, shown beside the methods
     finalize(args)      defaults that depend on other flags, checked before anything is built
     build(model, args)  changes to the model after the PEFT kind is injected
     hooks(model, args, num_train) -> routing.Routing
+    run(args)           None, or the method's own whole run instead of train.py's loop (practitioner.py)
     lr_overrides(args)  {parameter-name prefix: peak learning rate} for parameters that want their own
     extra_params(bert)  parameters the method adds beyond its kind (closed form)
     label(cfg)          the name report.py prints for a run's config dict
@@ -28,11 +36,10 @@ Usage:
     hooks = method.hooks(model, args, num_train)
 """
 
+import importlib
+import pkgutil
 from dataclasses import fields
 
-import clear
-import loramoe
-import match_tuning
 import peft
 import routing
 
@@ -43,6 +50,8 @@ class Method:
     peft = None
     default_lr = None
     reads_all_tokens = False
+    reference = False
+    run = None  # or a function run(args) -> summary dict: the method's own run (no fine-tuning loop)
 
     def __init__(self, name=None):
         if name is not None:  # a plain method, named after its PEFT kind
@@ -89,6 +98,7 @@ def register(cls):
     plain = cls.name in peft.KINDS and peft.KINDS[cls.name].standalone  # --method NAME is taken by the kind
     if cls.name in METHODS or plain:
         raise ValueError(f"a method named {cls.name!r} already exists")
+    cls.module = cls.__module__  # recorded in a run's config, so a fresh process can find the entry again
     METHODS[cls.name] = cls()
     return cls
 
@@ -98,7 +108,14 @@ def names():
     return [k for k, kind in peft.KINDS.items() if kind.standalone] + list(METHODS)
 
 
-def get(name):
+def get(name, module=None):
+    """The entry behind --method NAME; `module` (a run's config["method_module"]): import it first
+    if NAME is not registered yet - a method defined outside this package."""
+    if name not in METHODS and module:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # reported as an unknown method below
     if name in METHODS:
         return METHODS[name]
     if name in peft.KINDS and peft.KINDS[name].standalone:
@@ -106,71 +123,25 @@ def get(name):
     raise KeyError(f"unknown method {name!r}; choose from {', '.join(names())}")
 
 
+def module_of(name):
+    """The module that defines method NAME (recorded in a run's config), or None for a plain method."""
+    return getattr(METHODS.get(name), "module", None)
+
+
 def label(cfg):
-    """The method of a saved run's config as a reader names it: 'lora', 'clear (adapter)', ..."""
-    return get(cfg["method"]).label(cfg)
+    """The method of a saved run's config as a reader names it: 'lora', 'clear (adapter)', ...; a
+    reference run that trains on true labels says so: 'lora [oracle: clean-subset]'."""
+    name = get(cfg["method"], cfg.get("method_module")).label(cfg)
+    oracle = cfg.get("oracle") or "none"
+    return name if oracle == "none" else f"{name} [oracle: {oracle}]"
 
 
-# ----------------------------------------------------------------------------
-# The entries
+# The method files register themselves when imported: the seed methods, then every module of this package.
+import clear  # noqa: E402,F401
+import loramoe  # noqa: E402,F401
+import match_tuning  # noqa: E402,F401
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
 
-@register
-class Clear(Method):
-    name, summary = "clear", "CleaR: each sample goes through the PEFT modules as often as it looks clean"
-    settings = clear.ClearConfig
-
-    def allows(self, kind):
-        return kind.standalone and kind.clear_base_rate is not None
-
-    def finalize(self, args):
-        if args.base_rate is None:
-            args.base_rate = peft.KINDS[self.kind(args)].clear_base_rate
-        if args.clear_eval is None and not args.eval_only:
-            args.clear_eval = "expected"
-
-    def hooks(self, model, args, num_train):
-        L = model.encoder.config.num_hidden_layers
-        return clear.ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
-
-    def label(self, cfg):
-        return f"clear ({cfg['peft']})"
-
-
-@register
-class LoRAMoE(Method):
-    name, summary = "loramoe", "LoRAMoE: LoRA experts in the FFN, a router, localized balancing"
-    settings = loramoe.LoRAMoEConfig
-    peft = "loramoe"
-    reads_all_tokens = True  # the balance loss counts every real token of every layer, the top one too
-
-    def hooks(self, model, args, num_train):
-        return loramoe.LoRAMoERouting(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
-
-    def label(self, cfg):
-        return f"loramoe (types {cfg['moe_types']})"
-
-
-@register
-class Match(Method):
-    name, summary = "match", "Match-Tuning: each [CLS] state mixed with the batch's before the head"
-    settings = match_tuning.MatchConfig
-
-    def allows(self, kind):
-        return kind.standalone  # any PEFT kind, or --peft none (full fine-tuning)
-
-    def build(self, model, args):
-        cfg = self.config(args)
-        match_tuning.replace_head_with_match(model, cfg.match_tau, eval_mix=cfg.match_eval == "mix")
-
-    def hooks(self, model, args, num_train):
-        return match_tuning.MatchRouting(model)
-
-    def lr_overrides(self, args):
-        return {} if args.match_lr is None else {"head.match_dense.": args.match_lr}
-
-    def extra_params(self, bert):  # match_dense, hidden -> hidden
-        return bert.hidden_size ** 2 + bert.hidden_size
-
-    def label(self, cfg):
-        return f"match ({cfg['peft']}, tau {cfg['match_tau']:g})"
