@@ -329,8 +329,10 @@ def run(args):
                                                                    args.batch_size, args.seed, 0)))
     stage = Stage(args, model, hooks, observed, steps_of)  # the initial weights are kept before any restore
     history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, hooks, detector)
-    stage.enter(min(start_epoch, args.epochs - 1), fresh=False)
-    checkpoint.restore_optimizer(ckpt, stage.opt, stage.sched)
+    at_stage_start = start_epoch in stage.starts  # resumed just before a fresh model: nothing of the old one
+    stage.enter(min(start_epoch, args.epochs - 1), fresh=at_stage_start)
+    if not at_stage_start:
+        checkpoint.restore_optimizer(ckpt, stage.opt, stage.sched)
     if ckpt is not None:
         log(f"resumed from {args.out} after epoch {start_epoch}")
     if main_rank:

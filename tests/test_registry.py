@@ -108,7 +108,7 @@ class SmallLossRouting(routing.Routing):
 
 
 class SmallLoss(methods.Method):
-    name, summary = "smallloss", "small-loss selection on a PEFT kind (a test's own method)"
+    name, summary = "keep70", "small-loss selection on a PEFT kind (a test's own method)"
 
     def hooks(self, model, args, num_train):
         return SmallLossRouting()
@@ -121,7 +121,7 @@ def registered():
     methods.register(Coin)
     methods.register(SmallLoss)
     yield
-    del peft.KINDS["ia3"], methods.METHODS["coin"], methods.METHODS["smallloss"]
+    del peft.KINDS["ia3"], methods.METHODS["coin"], methods.METHODS["keep70"]
 
 
 def test_new_kind_and_routers_train_through_the_command_line(registered, tiny_pretrained_dir, tiny_dataset, tmp_path):
@@ -146,7 +146,7 @@ def test_new_kind_and_routers_train_through_the_command_line(registered, tiny_pr
     assert draws.shape == (192, TINY_CONFIG.num_hidden_layers) and 0.1 < draws.mean() < 0.4
 
     SmallLossRouting.kept.clear()
-    train.main([*base, "--method", "smallloss", "--peft", "lora", "--out", str(tmp_path / "small")])
+    train.main([*base, "--method", "keep70", "--peft", "lora", "--out", str(tmp_path / "small")])
     assert SmallLossRouting.kept and all(k < n or n == 1 for k, n in SmallLossRouting.kept)
 
 
