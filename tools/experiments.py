@@ -161,12 +161,48 @@ GRIDS["results"] = every_method(RESULT_DATA)
 # epochs, every method and noise setting of the results grid, 3 seeds - a single-GPU job (`--device cuda`, bf16
 # autocast); not yet run on a GPU.
 GRIDS["paper"] = every_method({d: ["--epochs", "8"] for d in ("20ng", "r8", "mr")})
+# The accuracy grid (accuracy issue): what a perfect detector would buy (the oracles), what a practitioner does
+# instead (confident learning on frozen embeddings) and the noisy-label methods of methods/, at the results grid's
+# budget and settings (mr sym 0.2 / 0.4; 20ng and R8 sym 0.2 / 0.4, asym 0.4, idn 0.4), seeds 0-2. LoRA and
+# CleaR come from the results grid (REUSED). First a pilot on seed 0 of four settings: filter-and-retrain's
+# variants, chosen on noisy validation (ACCURACY_FAR names the chosen one).
+VARIANTS.update({
+    "oracle-clean": ["--method", "lora", "--oracle", "clean-subset"],
+    "oracle-noisefree": ["--method", "lora", "--oracle", "noise-free"],
+    **{f"far-{rows}": ["--method", "far", "--far_rows", rows] for rows in ("drop", "relabel", "unlabelled")},
+    **{f"far-{rows}-loss": ["--method", "far", "--far_rows", rows, "--far_score", "loss"]
+       for rows in ("drop", "relabel", "unlabelled")},
+    **{f"far-{rows}-cf": ["--method", "far", "--far_rows", rows, "--far_folds", "2"]
+       for rows in ("drop", "relabel", "unlabelled")},
+})
+ACCURACY_NOISE = {"mr": [("sym", 0.2), ("sym", 0.4)], "20ng": MULTI_NOISE, "r8": MULTI_NOISE}
+PILOT_SETTINGS = [("20ng", ("sym", 0.4)), ("r8", ("sym", 0.4)), ("mr", ("sym", 0.2)), ("20ng", ("asym", 0.4))]
+ACCURACY_FAR = "far-relabel"  # the variant the pilot chose on noisy validation (RESULTS.md, "Filter and retrain")
+ACCURACY_METHODS = ["oracle-clean", "oracle-noisefree", "practitioner", ACCURACY_FAR, "selfmix", "gce", "elr",
+                    "smallloss"]
+REUSED = {"results/results": ["lora", "clear"]}  # rows read from another grid's committed cells
+
+
+def accuracy_cells():
+    """The pilot's detector-input variants first (rows: drop / relabel / unlabelled), then seed 0 of every
+    other row, then the chosen variant's score and cross-fitting checks, then everything else, seed-major."""
+    pilot = [c for d, noise in PILOT_SETTINGS for c in cells([d], [noise], ["far-drop", "far-relabel", "far-unlabelled"],
+                                                             [0], RESULT_DATA)]
+    checks = [c for d, noise in PILOT_SETTINGS for c in cells([d], [noise], [f"{ACCURACY_FAR}-loss",
+                                                                              f"{ACCURACY_FAR}-cf"], [0], RESULT_DATA)]
+    main = [c for s in (0, 1, 2) for d in ("20ng", "r8", "mr")
+            for c in cells([d], ACCURACY_NOISE[d], ACCURACY_METHODS, [s], RESULT_DATA)]
+    first = [c for c in main if c.seed == 0 and c.method != ACCURACY_FAR]
+    return pilot + first + checks + [c for c in main if c not in pilot + first]
+
+
+GRIDS["accuracy"] = accuracy_cells()
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
-           "precision": "results/precision", "results": "results/results"}
+           "precision": "results/precision", "results": "results/results", "accuracy": "results/accuracy"}
 
 
 def status(cell, root):
