@@ -433,7 +433,10 @@ def summarise(args, history, hooks, report, params, num_test, device, precision,
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     accs, last = [m["test_acc"] for m in history], history[-1]
     val = [m["val_acc"] for m in history]
-    selected = int(np.argmax(val)) if None not in val else None  # the first epoch with the best noisy-val accuracy
+    # the first epoch with the best noisy-val accuracy, among the epochs of the last stage: the model a method
+    # makes is its last stage's (filter-and-retrain's detecting stage is a means, not a candidate)
+    first = max(hooks.stage_starts(), default=0)
+    selected = first + int(np.argmax(val[first:])) if None not in val else None
     trainable, total = params
     train_s = sum(m["train_pass_s"] for m in history)
     return {
