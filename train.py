@@ -468,10 +468,13 @@ def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
         with open(summary_path) as f:
             saved = json.load(f)
         config = saved["config"]
-        class_names = checkpoint.read_peft_config(run_dir)["class_names"]
+        method = methods.get(config["method"], config.get("method_module"))  # outside methods/: imported now
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise RunError(f"{summary_path}: not a summary written by train.py ({e!r})") from None
-    methods.get(config["method"], config.get("method_module"))  # a method defined outside methods/: import it
+    if method.run is not None:
+        raise RunError(f"{run_dir}: a --method {config['method']} run keeps no fine-tuned model to reload "
+                       "(predict, --eval_only and --export_hf need one)")
+    class_names = checkpoint.read_peft_config(run_dir)["class_names"]
     defaults = vars(parse_args(["--method", config["method"]]))  # settings added since the run was made
     cfg = argparse.Namespace(**{**defaults, **config, "device": device, **(overrides or {})})
     if clear_eval is not None:

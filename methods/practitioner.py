@@ -137,6 +137,8 @@ def run(args):
     """The whole baseline as one train.py run: the same data, noise and validation split as the other methods."""
     import train  # the CLI's data preparation, shared
     t0 = time.time()
+    if args.export_hf:
+        raise train.RunError("--method practitioner fine-tunes no encoder, so there is nothing to --export_hf")
     if args.resume:
         raise train.RunError("--method practitioner runs in seconds and keeps no checkpoint: start over with "
                              "--overwrite")

@@ -4,6 +4,8 @@ parameter count holds; and no per-batch hook can see a true label."""
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import data
 import methods
 import noise
@@ -22,6 +25,7 @@ import train
 from conftest import TINY_CONFIG, make_text_dataset
 from model import count_params
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--max_len", "64", "--batch_size", "16", "--warmup_ratio", "0", "--no_progress"]
 
 
@@ -156,6 +160,77 @@ def test_a_router_cannot_sit_on_a_kind_it_does_not_allow(registered, capsys):
     assert "cannot sit on --peft none" in capsys.readouterr().err
     with pytest.raises(ValueError, match="already exists"):
         methods.register(Coin)
+
+
+# ---------------------------------------------------------------------------- a student's method file
+
+
+# A student's own method file, outside methods/: a training step with two forward passes (R-Drop, Liang et al.
+# 2021, Sec. 2: cross-entropy on two dropout views + their symmetric KL). The test writes it to a folder on the
+# import path, as a user would keep it beside their scripts.
+TWO_VIEWS_FILE = '''
+import torch.nn.functional as F
+
+import methods
+from routing import Routing
+
+
+class TwoViewsRouting(Routing):
+    forwards = 0  # forward passes made, for the test
+
+    def step_loss(self, forward, batch, autocast):
+        with autocast():
+            a = forward(batch.input_ids, batch.attention_mask, with_features=True)
+            b = forward(batch.input_ids, batch.attention_mask, with_features=True)
+        TwoViewsRouting.forwards += 2
+        la, lb = F.log_softmax(a.logits.float(), -1), F.log_softmax(b.logits.float(), -1)
+        kl = 0.5 * ((la.exp() * (la - lb)).sum(-1) + (lb.exp() * (lb - la)).sum(-1)).mean()
+        ce = 0.5 * (F.cross_entropy(a.logits.float(), batch.label) + F.cross_entropy(b.logits.float(), batch.label))
+        return ce + kl, {"kl": kl}
+
+
+@methods.register
+class TwoViews(methods.Method):
+    name, summary = "twoviews", "R-Drop: two dropout views, CE on both + their symmetric KL (a student's file)"
+
+    def hooks(self, model, args, num_train):
+        return TwoViewsRouting()
+'''
+
+
+def test_a_method_file_outside_methods_trains_resumes_and_predicts(tiny_pretrained_dir, tiny_dataset, tmp_path,
+                                                                   monkeypatch):
+    """One file registers a method whose step makes two forward passes; train.py trains and resumes
+    it, and a fresh predict.py process finds it again through the module name the run recorded."""
+    (tmp_path / "student_two_views.py").write_text(TWO_VIEWS_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import student_two_views
+    try:
+        out = tmp_path / "run"
+        argv = ["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--method", "twoviews", "--epochs", "2",
+                "--out", str(out), *TINY]
+        saves, real_save = [], checkpoint.save_training_state
+
+        def save_then_die(run_dir, *state):
+            real_save(run_dir, *state)
+            saves.append(run_dir)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
+        with pytest.raises(SystemExit):
+            train.main(argv)
+        monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+        summary = train.main([*argv, "--resume"])
+        metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        assert [m["epoch"] for m in metrics] == [1, 2] and all(m["train_kl"] >= 0 for m in metrics)
+        assert student_two_views.TwoViewsRouting.forwards == 2 * 2 * 11  # 2 epochs x 11 batches x 2 passes
+        assert summary["config"]["method_module"] == "student_two_views"
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), str(out), "a great film"],
+                              capture_output=True, text=True, env=env, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert "pos" in done.stdout or "neg" in done.stdout
+    finally:
+        methods.METHODS.pop("twoviews", None)
 
 
 # ---------------------------------------------------------------------------- every method's accounting
