@@ -21,7 +21,7 @@ its settings (each one a train.py flag, with the help text given to `setting`); 
 class attributes and methods declare everything else the project needs to know of it:
 the default learning rate, CleaR's base rate, how it is injected, its closed-form
 trainable-parameter count and the FLOPs bench.py counts for its branches. A new kind is
-one such class (see tests/test_registry.py); train.py, methods.py, bench.py read KINDS.
+one such class (see tests/test_registry.py); train.py, methods/, bench.py read KINDS.
 
 Conventions shared by every kind:
 - A PEFT module wraps the frozen base layer by composition (attribute `base`) and only

@@ -11,7 +11,7 @@ the PEFT weights into --out (checkpoint.py). Under torchrun the run is data para
 Memorisation follows Arpit et al. 2017 / the CleaR paper (Kim et al. 2024, Sec. 3): for
 each truly noisy training sample, is the prediction the noisy label (memorised), the true
 label (corrected) or something else? The methods and their flags come from the registries
-(methods.py, peft.py): this file never names a method.
+(methods/, peft.py): this file never names a method.
 
 Usage:
     python train.py --method clear --max_train 2000              # CleaR on LoRA, a few minutes on a CPU
@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     kinds = [k for k, c in peft.KINDS.items() if c.standalone and not c.trains_base]  # "none" is full fine-tuning
-    p.add_argument("--method", choices=methods.names(), default="clear", help="what to fine-tune (see methods.py)")
+    p.add_argument("--method", choices=methods.names(), default="clear", help="what to fine-tune (see methods/__init__.py)")
     p.add_argument("--peft", choices=kinds + ["none"], default="lora",
                    help="the PEFT kind under a method that sits on one (clear, match); none = full fine-tuning")
     p.add_argument("--dataset", default="mr", help=f"{', '.join(data.DATASETS)} (data.DATASETS), or a "

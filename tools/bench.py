@@ -9,7 +9,7 @@ timing runs in a fresh subprocess of this script (`--only JOB --json`), so each 
 belongs to one job, and the rounds of all jobs (ours, plus Hugging Face's LoRA when
 transformers + peft are importable) interleave in alternating order, so drift hits all alike.
 Use no more --threads than there are idle cores: busy cores make threaded kernels wait.
-Every method of the registry (methods.py) can be timed; CleaR and LoRAMoE's typed balance
+Every method of the registry (methods/) with a training step can be timed; CleaR and LoRAMoE's typed balance
 are timed as after warm-up (their end_epoch hook is fed random logits once).
 
 Per job: tok/s = batch * seq / seconds per step, the median over --repeats rounds of --steps

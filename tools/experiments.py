@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
+import accuracy  # noqa: E402
 import report  # noqa: E402
 import verdicts  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, atomic_write  # noqa: E402
 
 TRAIN_PY = os.path.join(ROOT, "train.py")
-# a grid cell's method is a registry method (methods.py: `--method NAME`) or one of these variants
+# a grid cell's method is a registry method (methods/: `--method NAME`) or one of these variants
 VARIANTS = {
     "clear": ["--method", "clear", "--peft", "lora"],
     "match": ["--method", "match", "--peft", "lora"],
@@ -267,6 +268,8 @@ def readme_blocks(grid, root, assets, draw=()):
     """{marker key: markdown} for every table and picture of this grid that has runs; the pictures
     whose keys are in `draw` are drawn too (--write_readme: those some document marks; check_readme:
     none, the same markdown)."""
+    if grid is GRIDS.get("accuracy"):
+        return accuracy_blocks(grid, root, assets, draw)
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
@@ -311,6 +314,37 @@ def readme_blocks(grid, root, assets, draw=()):
         if f"picture-{method}" in draw:
             picture(cell.out_dir(root), path)
         blocks[f"picture-{method}"] = f"![{caption}]({path})"
+    return blocks
+
+
+def reused_runs(grid_name):
+    """The accuracy grid's rows read from another grid (REUSED): its finished cells of these methods in the
+    accuracy grid's settings."""
+    runs = []
+    for results_dir, names in REUSED.items():
+        reused = [c for c in GRIDS[grid_name] if c.method in names and (c.noise, c.rate) in ACCURACY_NOISE[c.dataset]]
+        runs += finished_runs(reused, os.path.join(ROOT, results_dir))
+    return runs
+
+
+def accuracy_blocks(grid, root, assets, draw=()):
+    """The accuracy grid's blocks (tools/accuracy.py): the verdicts, the targets, the pilot, a table per
+    dataset and the accuracy picture, with LoRA and CleaR from the results grid beside the new rows."""
+    runs = finished_runs([c for c in grid if c.method in ACCURACY_METHODS], root) + reused_runs("results")
+    if not runs:
+        return {}
+    pilot = finished_runs([c for c in grid if c.method.startswith("far-") and c.seed == 0
+                           and (c.dataset, (c.noise, c.rate)) in PILOT_SETTINGS], root)
+    blocks = {"accuracy-verdicts": accuracy.verdicts_table(runs), "accuracy-targets": accuracy.targets_table(runs)}
+    if pilot:
+        blocks["accuracy-pilot"] = accuracy.pilot_table(pilot)
+    for dataset in ACCURACY_NOISE:
+        if any(s["config"]["dataset"] == dataset for s, _ in runs):
+            blocks[f"accuracy-{dataset}"] = accuracy.setting_table(runs, dataset)
+    path = os.path.join(assets, "accuracy_curves.png")
+    if "accuracy-curves" in draw:
+        accuracy.plot_accuracy(runs, [("20ng", "sym 0.4"), ("r8", "sym 0.4"), ("mr", "sym 0.2")], path)
+    blocks["accuracy-curves"] = f"![clean-test accuracy and memorised share per epoch, every method and the oracles]({path})"
     return blocks
 
 

@@ -1,0 +1,213 @@
+"""
+The accuracy grid's tables: every method beside the two oracles and the practitioner's
+baseline, the verdicts (each method against LoRA, CleaR and the baseline, and the share of the
+LoRA-to-noise-free gap it recovers) and the accuracy issue's targets, checked per setting.
+
+Seeds are averaged within a setting first (report.group_key: dataset, noise, method label), so
+every setting counts once. The gap a method recovers is (A - LoRA) / (noise-free - LoRA) on
+validation-selected test accuracy; where noise-free is less than one point above LoRA there is no
+gap to speak of, and the share is left out. experiments.readme_blocks writes these tables into
+RESULTS.md and the README (blocks grid:accuracy:*), so no number here is typed by hand.
+
+Usage:
+    python tools/accuracy.py results/accuracy results/results    # print the verdicts
+"""
+
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+import report
+
+LORA, CLEAR, PRACTITIONER = "lora", "clear (lora)", "practitioner"
+CLEAN, NOISE_FREE = "lora [oracle: clean-subset]", "lora [oracle: noise-free]"
+REFERENCES = (PRACTITIONER, CLEAN, NOISE_FREE)
+KEYS = ("selected_test_acc", "best_test_acc", "last_test_acc", "noisy_memorized", "det_auroc", "wall_s")
+MIN_GAP = 1.0  # points: below this, noise-free is not above LoRA enough for a recovered share
+
+
+def setting_means(runs):
+    """{(dataset, noise, label): {key: mean over seeds, "seeds": n, key + "_all": [values]}}."""
+    groups = defaultdict(list)
+    for summary, _ in runs:
+        groups[report.group_key(summary["config"])].append(summary)
+    out = {}
+    for k, ss in groups.items():
+        out[k] = {"seeds": len(ss)}
+        for key in KEYS:
+            vals = [s.get(key) for s in ss if s.get(key) is not None]
+            out[k][key] = float(np.mean(vals)) if vals else None
+            out[k][key + "_all"] = vals
+    return out
+
+
+def gap_share(means, setting, label):
+    """(A - LoRA) / (noise-free - LoRA) of selected accuracy, or None."""
+    get = lambda lab: means.get((*setting, lab), {}).get("selected_test_acc")
+    a, lora, free = get(label), get(LORA), get(NOISE_FREE)
+    if None in (a, lora, free) or 100 * (free - lora) < MIN_GAP:
+        return None
+    return (a - lora) / (free - lora)
+
+
+def methods_in(means):
+    """The method labels of the grid that are not references or the reused rows, in label order."""
+    return sorted({m for _, _, m in means} - set(REFERENCES) - {LORA, CLEAR})
+
+
+def order(labels):
+    first = [LORA, CLEAR]
+    return [m for m in first if m in labels] + sorted(set(labels) - set(first) - set(REFERENCES)) + \
+        [m for m in REFERENCES if m in labels]
+
+
+def setting_table(runs, dataset):
+    """Markdown: per noise setting of `dataset`, one row per method, references last."""
+    means = setting_means(runs)
+    head = ["noise", "method", "seeds", "selected acc", "best acc", "last acc", "memorised", "det AUROC",
+            "wall s", "gap recovered"]
+    rows = []
+    for noise in sorted({n for d, n, _ in means if d == dataset}):
+        labels = [m for d, n, m in means if (d, n) == (dataset, noise)]
+        for label in order(labels):
+            m = means[(dataset, noise, label)]
+            share = gap_share(means, (dataset, noise), label)
+            rows.append([noise, label, str(m["seeds"]), *(report.fmt(m[k + "_all"]) for k in KEYS[:4]),
+                         report.fmt(m["det_auroc_all"], scale=1.0, digits=3),
+                         f"{np.median(m['wall_s_all']):.0f}" if m["wall_s_all"] else "-",
+                         "-" if share is None or label in (LORA, NOISE_FREE) else f"{100 * share:.0f}%"])
+    return report.markdown_table(head, rows)
+
+
+def compare(means, a, b, settings):
+    """(settings both ran, where A's selected accuracy is higher, mean A - B in points) or None."""
+    pairs = [(means[(*s, a)]["selected_test_acc"], means[(*s, b)]["selected_test_acc"]) for s in settings
+             if (*s, a) in means and (*s, b) in means]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        return None
+    return len(pairs), sum(x > y for x, y in pairs), float(np.mean([100 * (x - y) for x, y in pairs]))
+
+
+def verdicts_table(runs):
+    """Markdown: each method (and CleaR, the baseline) against LoRA, CleaR, the baseline and the
+    clean-subset oracle over every noisy setting, and its mean recovered gap on sym / idn noise."""
+    means = setting_means(runs)
+    settings = sorted({(d, n) for d, n, _ in means if n != "none"})
+    head = ["method", "vs LoRA: higher / mean", "vs CleaR", "vs practitioner", "reaches clean-subset",
+            "gap recovered (sym, idn)"]
+    show = lambda c: "-" if c is None else f"{c[1]} of {c[0]}, {c[2]:+.1f}"
+    rows = []
+    for label in [CLEAR, PRACTITIONER] + methods_in(means):
+        shares = [gap_share(means, s, label) for s in settings if s[1].split()[0] in ("sym", "idn")]
+        shares = [x for x in shares if x is not None]
+        reach = compare(means, label, CLEAN, settings)
+        rows.append([label, show(compare(means, label, LORA, settings)),
+                     "-" if label == CLEAR else show(compare(means, label, CLEAR, settings)),
+                     "-" if label == PRACTITIONER else show(compare(means, label, PRACTITIONER, settings)),
+                     "-" if reach is None else f"{sum(1 for s in settings if reached(means, s, label))} of {reach[0]}",
+                     f"{100 * np.mean(shares):.0f}% ({len(shares)} settings)" if shares else "-"])
+    return report.markdown_table(head, rows)
+
+
+def reached(means, setting, label):
+    a, c = (means.get((*setting, lab), {}).get("selected_test_acc") for lab in (label, CLEAN))
+    return a is not None and c is not None and a >= c
+
+
+def targets_table(runs, datasets=("20ng", "r8")):
+    """Markdown: the accuracy issue's targets on every noisy 20ng / R8 setting, for the best method there
+    (highest selected accuracy among the methods, references excluded): beats LoRA by 3 points where LoRA
+    sits 4 or more below noise-free, beats the practitioner, reaches clean-subset, recovers 75% (sym, idn)."""
+    means = setting_means(runs)
+    head = ["data", "noise", "best method", "selected", "LoRA", "practitioner", "clean-subset", "noise-free",
+            "+3 over LoRA", "beats practitioner", "reaches clean-subset", "recovers 75%"]
+    rows = []
+    sel = lambda s, lab: means.get((*s, lab), {}).get("selected_test_acc")
+    for s in sorted({(d, n) for d, n, _ in means if d in datasets and n != "none"}):
+        cands = [m for m in methods_in(means) + [CLEAR] if sel(s, m) is not None]
+        if not cands or sel(s, LORA) is None:
+            continue
+        best = max(cands, key=lambda m: sel(s, m))
+        pts = lambda lab: "-" if sel(s, lab) is None else f"{100 * sel(s, lab):.1f}"
+        lora, free, prac, clean = sel(s, LORA), sel(s, NOISE_FREE), sel(s, PRACTITIONER), sel(s, CLEAN)
+        yes = lambda ok: "-" if ok is None else ("yes" if ok else "no")
+        needs3 = free is not None and 100 * (free - lora) >= 4
+        share = gap_share(means, s, best)
+        rows.append([*s, best, pts(best), pts(LORA), pts(PRACTITIONER), pts(CLEAN), pts(NOISE_FREE),
+                     f"{100 * (sel(s, best) - lora):+.1f}" + ("" if needs3 else " (n/a)"),
+                     yes(None if prac is None else sel(s, best) > prac),
+                     yes(None if clean is None else sel(s, best) >= clean),
+                     "n/a" if s[1].split()[0] == "asym" else
+                     ("-" if share is None else f"{100 * share:.0f}% " + ("yes" if share >= 0.75 else "no"))])
+    return report.markdown_table(head, rows)
+
+
+def pilot_table(runs):
+    """Markdown: filter-and-retrain's variants on the pilot settings (seed 0): the noisy-validation accuracy
+    they are chosen by - the mean over the last three epochs (the retrained model's; the selected epoch's
+    maximum of ~100 noisy labels moves by one example at a time), averaged over settings - then test
+    accuracy and the detector's flags per setting."""
+    head = ["variant", "setting", "selected val acc", "val acc, last 3", "selected acc", "last acc", "flagged",
+            "flag precision", "flag recall", "kept", "relabelled (acc)"]
+    rows, by_variant = [], defaultdict(list)
+    for summary, metrics in runs:
+        cfg, last = summary["config"], metrics[-1]
+        if cfg["method"] != "far":
+            continue
+        label = report.group_key(cfg)[2]
+        val3 = float(np.mean([m["val_acc"] for m in metrics[-3:]]))
+        by_variant[label].append((summary["selected_val_acc"], val3))
+        f = lambda k, d=3: "-" if last.get(k) is None else f"{last[k]:.{d}f}"
+        rows.append([label, f"{cfg['dataset']} {cfg['noise']} {cfg['noise_rate']:g}",
+                     f"{summary['selected_val_acc']:.3f}", f"{val3:.3f}", f"{100 * summary['selected_test_acc']:.1f}",
+                     f"{100 * summary['last_test_acc']:.1f}", f("far_flagged"), f("far_flag_precision"),
+                     f("far_flag_recall"), f("far_kept"),
+                     f"{f('far_relabelled')} ({f('far_relabel_acc', 2)})"])
+    rows.sort()
+    rows += [[label, f"mean of {len(v)}", *(f"{x:.3f}" for x in np.mean(v, axis=0)), *["" for _ in head[4:]]]
+             for label, v in sorted(by_variant.items())]
+    return report.markdown_table(head, rows)
+
+
+def plot_accuracy(runs, settings, path):
+    """Clean-test accuracy and memorised share per epoch (seed means), one column per setting: LoRA, CleaR,
+    each method, the oracles; the practitioner's one model as a dashed line. A two-stage method's epochs run
+    on past the others' (its first --warmup_epochs detect)."""
+    plt = report.pyplot()
+    fig, axes = plt.subplots(2, len(settings), figsize=(5.2 * len(settings), 7), squeeze=False)
+    curves = defaultdict(list)
+    for summary, metrics in runs:
+        curves[report.group_key(summary["config"])].append(metrics)
+    for col, setting in enumerate(settings):
+        labels = order([m for d, n, m in curves if (d, n) == setting])
+        for label in labels:
+            ms = curves[(*setting, label)]
+            for row, key in enumerate(("test_acc", "noisy_memorized")):
+                n = min(len(m) for m in ms)
+                ys = [[e.get(key) for e in m[:n]] for m in ms]
+                if any(None in y for y in ys):
+                    continue
+                y = 100 * np.mean(ys, axis=0)
+                ax = axes[row, col]
+                if label == PRACTITIONER:
+                    ax.axhline(y[0], ls="--", color="grey", label=label)
+                else:
+                    ax.plot(np.arange(1, n + 1), y, marker="o", ms=3, label=label,
+                            ls=":" if label in (CLEAN, NOISE_FREE) else "-")
+        axes[0, col].set_title(f"{setting[0]}, {setting[1]}")
+        axes[0, col].set_ylabel("clean test accuracy (%)")
+        axes[1, col].set_ylabel("noisy labels memorised (%)")
+        axes[1, col].set_xlabel("epoch")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    loaded = report.load_runs(sys.argv[1:] or ["results/accuracy"])
+    print(verdicts_table(loaded), targets_table(loaded), sep="\n\n")
