@@ -23,7 +23,7 @@ The run has W * folds + far_epochs epochs (summary config "epochs"); every epoch
 and the stage-1 epochs count for validation selection like the others.
 
 Usage:
-    python train.py --method far --peft lora --far_rows drop
+    python train.py --method far --peft lora --far_rows unlabelled
 """
 
 from dataclasses import dataclass
@@ -46,7 +46,8 @@ UNLABELLED = -1  # the label epoch_data gives an unlabelled row
 @dataclass
 class FarConfig:
     """Filter and retrain (methods/filter_retrain.py)"""
-    far_rows: str = setting("drop", "what happens to a flagged row in the retrain stage", choices=ROWS)
+    far_rows: str = setting("unlabelled", "what happens to a flagged row in the retrain stage (default: the "
+                                          "variant chosen on noisy validation, RESULTS.md)", choices=ROWS)
     far_score: str = setting("class-norm", "the detector's input: the loss, or the loss z-scored within each "
                                            "observed class", choices=SCORES)
     far_folds: int = setting(1, "1: the stage-1 model scores its own training rows; 2: cross-fitted, two "

@@ -178,7 +178,7 @@ VARIANTS.update({
 })
 ACCURACY_NOISE = {"mr": [("sym", 0.2), ("sym", 0.4)], "20ng": MULTI_NOISE, "r8": MULTI_NOISE}
 PILOT_SETTINGS = [("20ng", ("sym", 0.4)), ("r8", ("sym", 0.4)), ("mr", ("sym", 0.2)), ("20ng", ("asym", 0.4))]
-ACCURACY_FAR = "far-relabel"  # the variant the pilot chose on noisy validation (RESULTS.md, "Filter and retrain")
+ACCURACY_FAR = "far-unlabelled"  # the variant the pilot chose on noisy validation (RESULTS.md, "Filter and retrain")
 ACCURACY_METHODS = ["oracle-clean", "oracle-noisefree", "practitioner", ACCURACY_FAR, "selfmix", "gce", "elr",
                     "smallloss"]
 REUSED = {"results/results": ["lora", "clear"]}  # rows read from another grid's committed cells
