@@ -230,3 +230,40 @@ def test_oracles_train_on_the_true_labels_and_keep_the_noisy_validation(tiny_mod
     with pytest.raises(SystemExit):
         train.main(base(tiny_model_dir, tiny_dataset, tmp_path / "x", "--noise", "none", "--oracle", "noise-free"))
     assert "needs synthetic noise" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the practitioner's baseline
+
+
+def test_logistic_regression_reaches_its_optimum():
+    """At the L-BFGS solution the gradient of sum CE + ||W||^2 / (2C) vanishes (the optimality
+    condition of the convex objective), for W and for the unpenalised intercept."""
+    from methods.practitioner import fit_logreg
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 5)), rng.integers(0, 3, 120)
+    W, b = fit_logreg(X, y, 3, C=0.5)
+    P = torch.softmax(torch.as_tensor(X @ W + b), -1).numpy()
+    Y = np.eye(3)[y]
+    assert np.abs(X.T @ (P - Y) + W / 0.5).max() < 1e-4 and np.abs((P - Y).sum(0)).max() < 1e-4
+
+
+def test_confident_learning_flags_the_confidently_contradicted_rows():
+    from methods.practitioner import find_label_issues
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.85, 0.15], [0.2, 0.8],     # observed 0: the last looks like a 1
+                      [0.1, 0.9], [0.2, 0.8], [0.15, 0.85], [0.9, 0.1]])    # observed 1: the last looks like a 0
+    observed = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    assert np.flatnonzero(find_label_issues(probs, observed, 2)).tolist() == [3, 7]
+    assert not find_label_issues(np.eye(2)[observed] * 0.9 + 0.05, observed, 2).any()  # all agree: no flags
+
+
+def test_practitioner_runs_as_a_method_and_refuses_what_it_cannot_do(tiny_pretrained_dir, tiny_dataset, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "prac"
+    summary = train.main(base(tiny_pretrained_dir, tiny_dataset, out, "--method", "practitioner", "--cl_folds", "3"))
+    assert summary["selected_test_acc"] == summary["best_test_acc"] == summary["last_test_acc"]
+    assert summary["cl_c"] in [float(c) for c in train.parse_args(["--method", "practitioner"]).cl_c_grid.split(",")]
+    assert 0 < summary["cl_flagged"] < 1 and summary["det_auroc"] is not None
+    assert os.path.isfile(out / "label_issues.csv") and len(read_metrics(out)) == 1
+    with pytest.raises(SystemExit):
+        train.main(["--eval_only", "--load", str(out)])
+    assert "keeps no fine-tuned model" in capsys.readouterr().err
