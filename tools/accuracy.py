@@ -181,28 +181,33 @@ def plot_accuracy(runs, settings, path):
     curves = defaultdict(list)
     for summary, metrics in runs:
         curves[report.group_key(summary["config"])].append(metrics)
+    every = order({m for _, _, m in curves})
+    colour = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(every)}  # one colour per row
     for col, setting in enumerate(settings):
-        labels = order([m for d, n, m in curves if (d, n) == setting])
-        for label in labels:
+        for label in order([m for d, n, m in curves if (d, n) == setting]):
             ms = curves[(*setting, label)]
             for row, key in enumerate(("test_acc", "noisy_memorized")):
                 n = min(len(m) for m in ms)
                 ys = [[e.get(key) for e in m[:n]] for m in ms]
                 if any(None in y for y in ys):
                     continue
-                y = 100 * np.mean(ys, axis=0)
-                ax = axes[row, col]
+                y, ax = 100 * np.mean(ys, axis=0), axes[row, col]
                 if label == PRACTITIONER:
-                    ax.axhline(y[0], ls="--", color="grey", label=label)
+                    ax.axhline(y[0], ls="--", color=colour[label], label=label)
                 else:
-                    ax.plot(np.arange(1, n + 1), y, marker="o", ms=3, label=label,
+                    ax.plot(np.arange(1, n + 1), y, marker="o", ms=3, label=label, color=colour[label],
                             ls=":" if label in (CLEAN, NOISE_FREE) else "-")
-        axes[0, col].set_title(f"{setting[0]}, {setting[1]}")
+        axes[0, col].set_title(f"{setting[0]}, {setting[1]} (seed means)")
         axes[0, col].set_ylabel("clean test accuracy (%)")
         axes[1, col].set_ylabel("noisy labels memorised (%)")
         axes[1, col].set_xlabel("epoch")
-    axes[0, -1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend([handles[k] for k in every if k in handles], [k for k in every if k in handles],
+               loc="lower center", ncol=min(5, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
