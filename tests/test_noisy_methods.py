@@ -267,3 +267,21 @@ def test_practitioner_runs_as_a_method_and_refuses_what_it_cannot_do(tiny_pretra
     with pytest.raises(SystemExit):
         train.main(["--eval_only", "--load", str(out)])
     assert "keeps no fine-tuned model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["gce", "elr", "smallloss", "far", "selfmix"])
+@pytest.mark.parametrize("kind", ["none", "adapter", "prefix"])
+def test_every_noisy_label_method_trains_on_any_peft_kind_and_full_fine_tuning(method, kind, tiny_model_dir,
+                                                                               tiny_dataset, tmp_path):
+    out = tmp_path / f"{method}-{kind}"
+    summary = train.main(base(tiny_model_dir, tiny_dataset, out, "--method", method, "--peft", kind))
+    assert summary["config"]["peft"] == kind and len(read_metrics(out)) == summary["config"]["epochs"]
+    assert os.path.isfile(out / "label_issues.csv") and os.path.isfile(out / "peft.safetensors")
+
+
+def test_far_exports_to_hugging_face_where_lora_folds(tiny_pretrained_dir, tiny_dataset, tmp_path):
+    import export
+    out, hf = tmp_path / "far", tmp_path / "hf"
+    train.main(base(tiny_pretrained_dir, tiny_dataset, out, "--method", "far", "--export_hf", str(hf)))
+    model, _, names = export.load_exported(str(hf))
+    assert names == ["neg", "pos"] and os.path.isfile(hf / "config.json")
