@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import methods
 from calibration import softmax
-from mixture import clean_probability, per_sample_loss
+from mixture import auroc, clean_probability, per_sample_loss
 from peft import setting
 from routing import Routing, RoutingError
 
@@ -78,7 +78,7 @@ def sharpen(probs, temperature):
 
 class FarRouting(Routing):
     """The stage plan (stage_starts), the detector's flags after stage 1, and the retrain data."""
-    summary_keys = ("far_flagged", "far_kept", "far_flag_precision", "far_flag_recall", "far_relabelled", "far_relabel_acc")
+    summary_keys = ("far_flagged", "far_kept", "far_score_auroc", "far_flag_precision", "far_flag_recall", "far_relabelled", "far_relabel_acc")
 
     def __init__(self, num_train, cfg, detect_epochs, seed):
         self.cfg, self.W, self.n = cfg, detect_epochs, num_train
@@ -123,6 +123,7 @@ class FarRouting(Routing):
             for f in (0, 1):
                 rows = self.fold == f
                 loss[rows] = (loss[rows] - loss[rows].mean()) / (loss[rows].std() + 1e-8)
+        self.score = loss  # (N,) the detector's input: higher = more suspect
         self.flagged = clean_probability(loss)[0] < 0.5
         probs = softmax(self.oos_logits)
         self.labels, self.keep = observed.copy(), ~self.flagged
@@ -150,6 +151,7 @@ class FarRouting(Routing):
             return {}
         noisy = observed != true
         m = {"far_flagged": float(self.flagged.mean()), "far_kept": float(self.keep.mean()),
+             "far_score_auroc": auroc(-self.score, ~noisy),  # how well the (out-of-sample) score ranks them
              "far_flag_precision": float(noisy[self.flagged].mean()) if self.flagged.any() else None,
              "far_flag_recall": float(self.flagged[noisy].mean()) if noisy.any() else None}
         changed = self.keep & (self.labels != observed) & (self.labels != UNLABELLED)
@@ -160,12 +162,13 @@ class FarRouting(Routing):
     def state_dict(self):
         t = lambda a: None if a is None else torch.as_tensor(a)
         return {"oos_logits": t(self.oos_logits), "labels": t(self.labels), "keep": t(self.keep),
-                "flagged": t(getattr(self, "flagged", None)), "soft": self.soft}
+                "flagged": t(getattr(self, "flagged", None)), "score": t(getattr(self, "score", None)),
+                "soft": self.soft}
 
     def load_state_dict(self, state):
         n = lambda a: None if a is None else a.numpy()
         self.oos_logits, self.labels, self.keep = n(state["oos_logits"]), n(state["labels"]), n(state["keep"])
-        self.flagged, self.soft = n(state["flagged"]), state["soft"]
+        self.flagged, self.score, self.soft = n(state["flagged"]), n(state["score"]), state["soft"]
 
 
 @methods.register

@@ -148,6 +148,7 @@ def test_far_retrains_a_fresh_model_on_the_kept_rows_only(tiny_pretrained_dir, t
                               "--peft", "lora", "--far_rows", "drop"))
     assert starts == [True] and len(read_metrics(tmp_path / "far")) == 1 + 2  # W + far_epochs
     assert summary["selected_epoch"] > 1  # chosen among the retrained model's epochs
+    assert 0 <= summary["far_score_auroc"] <= 1
     retrain_rows = {i for stage2, rows in seen if stage2 for i in rows}
     warmup_rows = {i for stage2, rows in seen if not stage2 for i in rows}
     assert len(warmup_rows) == summary["num_train"] and 0 < summary["far_kept"] < 1

@@ -150,8 +150,8 @@ def pilot_table(runs):
     they are chosen by - the mean over the last three epochs (the retrained model's; the selected epoch's
     maximum of ~100 noisy labels moves by one example at a time), averaged over settings - then test
     accuracy and the detector's flags per setting."""
-    head = ["variant", "setting", "selected val acc", "val acc, last 3", "selected acc", "last acc", "flagged",
-            "flag precision", "flag recall", "kept", "relabelled (acc)"]
+    head = ["variant", "setting", "selected val acc", "val acc, last 3", "selected acc", "last acc", "score AUROC",
+            "flagged", "flag precision", "flag recall", "kept", "relabelled (acc)"]
     rows, by_variant = [], defaultdict(list)
     for summary, metrics in runs:
         cfg, last = summary["config"], metrics[-1]
@@ -163,7 +163,7 @@ def pilot_table(runs):
         f = lambda k, d=3: "-" if last.get(k) is None else f"{last[k]:.{d}f}"
         rows.append([label, f"{cfg['dataset']} {cfg['noise']} {cfg['noise_rate']:g}",
                      f"{summary['selected_val_acc']:.3f}", f"{val3:.3f}", f"{100 * summary['selected_test_acc']:.1f}",
-                     f"{100 * summary['last_test_acc']:.1f}", f("far_flagged"), f("far_flag_precision"),
+                     f"{100 * summary['last_test_acc']:.1f}", f("far_score_auroc"), f("far_flagged"), f("far_flag_precision"),
                      f("far_flag_recall"), f("far_kept"),
                      f"{f('far_relabelled')} ({f('far_relabel_acc', 2)})"])
     rows.sort()
