@@ -211,8 +211,9 @@ def load_state(path):
 # train.py's output directory
 
 
-def prepare_out_dir(out, resume, overwrite, config):
-    """The checkpoint state to resume from, or None for a fresh start; refuses to clobber a run."""
+def prepare_out_dir(out, resume, overwrite, config, ignored=()):
+    """The checkpoint state to resume from, or None for a fresh start; refuses to clobber a run. --resume
+    needs the same settings, except RESUME_IGNORED and `ignored` (settings the run does not use)."""
     path = os.path.join(out, CHECKPOINT_NAME)
     if resume:
         if not os.path.isfile(path):
@@ -221,8 +222,9 @@ def prepare_out_dir(out, resume, overwrite, config):
                                   "pickle can run code): start over with --overwrite" if os.path.isfile(old)
                                   else f"--resume: no checkpoint at {path}")
         state = load_state(path)
-        old = {k: v for k, v in state["config"].items() if k not in RESUME_IGNORED}
-        new = {k: v for k, v in config.items() if k not in RESUME_IGNORED}
+        skip = set(RESUME_IGNORED) | set(ignored)
+        old = {k: v for k, v in state["config"].items() if k not in skip}
+        new = {k: v for k, v in config.items() if k not in skip}
         diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
         if diff:
             raise CheckpointError(f"--resume: settings differ from the checkpoint's (old, new): {diff}")

@@ -25,6 +25,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -410,9 +411,21 @@ def print_done(args, summary):
           f"oracle), last {summary['last_test_acc']:.4f}; results in {args.out}")
 
 
+def unused_settings(args):
+    """The flags of the methods and PEFT kinds this run does not use: a change of their defaults (a newer
+    version of the code) does not stop --resume."""
+    method = methods.get(args.method)
+    kind = peft.KINDS[method.kind(args)]
+    others = [m.settings for m in methods.METHODS.values() if m.settings and m.settings is not method.settings]
+    others += [k for k in peft.KINDS.values() if k is not kind]
+    mine = {f.name for cls in (method.settings, kind) if cls for f in fields(cls)}
+    return {f.name for cls in others for f in fields(cls)} - mine
+
+
 def open_out_dir(args, main_rank):
     """Rank 0 prepares --out (checkpoint.prepare_out_dir); every rank gets the state to resume from, or None."""
-    ckpt = checkpoint.prepare_out_dir(args.out, args.resume, args.overwrite, vars(args)) if main_rank else None
+    ckpt = checkpoint.prepare_out_dir(args.out, args.resume, args.overwrite, vars(args),
+                                      ignored=unused_settings(args)) if main_rank else None
     dist.barrier()
     if not main_rank and args.resume:
         ckpt = checkpoint.load_state(os.path.join(args.out, checkpoint.CHECKPOINT_NAME))

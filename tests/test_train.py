@@ -191,3 +191,22 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
         assert train.resolve_precision(cpu, "auto") == want
         assert train.resolve_precision(cpu, "fp32") == "fp32" and train.resolve_precision(cpu, "bf16") == "bf16"
     assert isinstance(train.cpu_has_native_bf16(), bool)
+
+
+def test_resume_ignores_settings_of_methods_the_run_does_not_use(tiny_model_dir, tiny_dataset, tmp_path,
+                                                                 monkeypatch):
+    """A newer version that changed another method's default still resumes this run."""
+    from dataclasses import fields
+    import methods
+    cut, real_save = tmp_path / "cut", checkpoint.save_training_state
+
+    def save_then_die(out, *state):
+        real_save(out, *state)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
+    with pytest.raises(SystemExit):
+        train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--epochs", "2"))
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+    far_rows = next(f for f in fields(methods.get("far").settings) if f.name == "far_rows")
+    monkeypatch.setattr(far_rows, "default", "drop" if far_rows.default != "drop" else "relabel")
+    assert train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--epochs", "2", "--resume"))["config"]["epochs"] == 2
