@@ -1,7 +1,8 @@
 """
-The training engine: one optimizer step, one epoch of steps, and the optimizer with its
-learning-rate schedule. train.py runs them; bench.py times train_step itself, so what is
-measured is what trains.
+The training engine: one optimizer step, one epoch of steps, the optimizer with its
+learning-rate schedule, and the stages a method's run goes through (Stages: a fresh model and
+optimizer where the method starts one). train.py runs them; bench.py times train_step itself,
+so what is measured is what trains.
 
 A step: the method's step_loss (routing.Routing: by default its gates -> forward under
 autocast -> its loss on the model outputs, which returns its extra terms explicitly) ->
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import dist
 
 
@@ -89,3 +91,34 @@ def train_epoch(forward, model, hooks, batches, opt, sched, grad_clip, autocast,
     return {"train_loss": dist.mean(np.mean(losses), device),
             **{f"train_{k}": dist.mean(v / len(losses), device) for k, v in extra_sums.items()},
             "train_pass_s": time.time() - t0}
+
+
+class Stages:
+    """The optimizer, schedule and training rows of the stage an epoch belongs to. A method's
+    stage_starts() (routing.Routing) are epochs where a fresh model starts: the trainable weights
+    go back to their initial values and the optimizer and schedule start again, over the rows and
+    labels the method gives (epoch_data) - a warm-up detector, then a fresh model on the kept set.
+    steps_of(rows) -> batches per epoch over those rows (None: all); optim: build_optimizer's settings."""
+
+    def __init__(self, model, hooks, observed, steps_of, epochs, optim):
+        self.model, self.hooks, self.observed, self.steps_of = model, hooks, observed, steps_of
+        self.epochs, self.optim = epochs, optim
+        self.initial = {k: v.detach().clone() for k, v in checkpoint.peft_state_dict(model).items()}
+        self.starts = sorted(set(hooks.stage_starts()) | {0})
+        self.start = self.opt = self.sched = None
+
+    def enter(self, epoch, fresh):
+        """Build the optimizer for the stage of `epoch` unless it is the current one (returns whether it
+        did); fresh: a new stage begins (weights back to their initial values), not a resumed one."""
+        start = max(s for s in self.starts if s <= epoch)
+        if start == self.start:
+            return False
+        if fresh and start > 0:
+            self.model.load_state_dict(self.initial, strict=False)
+        end = min([s for s in self.starts if s > start] + [self.epochs])
+        _, keep = self.hooks.epoch_data(epoch, self.observed)
+        rows = None if keep is None else np.flatnonzero(keep)
+        self.opt, self.sched = build_optimizer(self.model, total_steps=self.steps_of(rows) * (end - start),
+                                               **self.optim)
+        self.start = start
+        return True

@@ -264,40 +264,6 @@ def oracle_labels(oracle, observed, true, is_val, log):
     return observed, left_out
 
 
-class Stage:
-    """The optimizer, schedule and training rows of the stage an epoch belongs to. A method's
-    stage_starts() (routing.Routing) are epochs where a fresh model starts: the trainable weights
-    go back to their initial values and the optimizer and schedule start again, over the rows and
-    labels the method gives (epoch_data) - a warm-up detector, then a fresh model on the kept set."""
-
-    def __init__(self, args, model, hooks, observed, steps_of):
-        self.args, self.model, self.hooks, self.observed, self.steps_of = args, model, hooks, observed, steps_of
-        self.initial = {k: v.detach().clone() for k, v in checkpoint.peft_state_dict(model).items()}
-        self.starts = sorted(set(hooks.stage_starts()) | {0})
-        self.start = None
-
-    def first_epoch_of(self, epoch):
-        return max(s for s in self.starts if s <= epoch)
-
-    def enter(self, epoch, fresh):
-        """Build the optimizer for the stage of `epoch` if it is not the current one; fresh: a new
-        stage begins (weights back to their initial values) rather than a resumed one."""
-        start = self.first_epoch_of(epoch)
-        if start == self.start:
-            return False
-        if fresh and start > 0:
-            self.model.load_state_dict(self.initial, strict=False)
-        end = min([s for s in self.starts if s > start] + [self.args.epochs])
-        labels, keep = self.hooks.epoch_data(epoch, self.observed)
-        rows = None if keep is None else np.flatnonzero(keep)
-        a, method = self.args, methods.get(self.args.method)
-        self.opt, self.sched = engine.build_optimizer(self.model, a.lr, a.weight_decay, a.warmup_ratio,
-                                                      self.steps_of(rows) * (end - start), method.lr_overrides(a),
-                                                      a.lr_schedule)
-        self.start = start
-        return True
-
-
 def run(args):
     t_start = time.time()
     device, autocast = pick_device(args.device, args.precision)
@@ -328,7 +294,10 @@ def run(args):
     lengths = np.array([len(t) for t in train_ids])
     steps_of = lambda rows: len(share(data.length_bucketed_batches(lengths if rows is None else lengths[rows],
                                                                    args.batch_size, args.seed, 0)))
-    stage = Stage(args, model, hooks, observed, steps_of)  # the initial weights are kept before any restore
+    method = methods.get(args.method)
+    optim = dict(lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                 lr_overrides=method.lr_overrides(args), schedule=args.lr_schedule)
+    stage = engine.Stages(model, hooks, observed, steps_of, args.epochs, optim)  # keeps the initial weights
     history, sample_losses, start_epoch, wall_before = checkpoint.restore(ckpt, model, hooks, detector)
     at_stage_start = start_epoch in stage.starts  # resumed just before a fresh model: nothing of the old one
     stage.enter(min(start_epoch, args.epochs - 1), fresh=at_stage_start)

@@ -102,7 +102,8 @@ def register(cls):
         raise ValueError(f"a method named {cls.name!r} already exists")
     cls.module = cls.__module__  # recorded in a run's config, so a fresh process can find the entry again
     if cls.module == "__main__":  # a script run directly (python coin.py ...): importable by its file name
-        cls.module = os.path.splitext(os.path.basename(getattr(sys.modules["__main__"], "__file__", None) or ""))[0] or None
+        script = getattr(sys.modules["__main__"], "__file__", None) or ""
+        cls.module = os.path.splitext(os.path.basename(script))[0] or None
     METHODS[cls.name] = cls()
     return cls
 

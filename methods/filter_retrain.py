@@ -78,7 +78,8 @@ def sharpen(probs, temperature):
 
 class FarRouting(Routing):
     """The stage plan (stage_starts), the detector's flags after stage 1, and the retrain data."""
-    summary_keys = ("far_flagged", "far_kept", "far_score_auroc", "far_flag_precision", "far_flag_recall", "far_relabelled", "far_relabel_acc")
+    summary_keys = ("far_flagged", "far_kept", "far_score_auroc", "far_flag_precision", "far_flag_recall",
+                    "far_relabelled", "far_relabel_acc")
 
     def __init__(self, num_train, cfg, detect_epochs, seed):
         self.cfg, self.W, self.n = cfg, detect_epochs, num_train

@@ -53,7 +53,8 @@ from routing import RoutingError
 class PractitionerConfig:
     """The practitioner's baseline (methods/practitioner.py, confident learning on frozen embeddings)"""
     cl_folds: int = setting(5, "K of the K-fold cross-fitting that gives out-of-sample probabilities")
-    cl_c_grid: str = setting("0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,100", "the inverse L2 strengths C to choose from on noisy validation")
+    cl_c_grid: str = setting("0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,100",
+                             "the inverse L2 strengths C to choose from on noisy validation")
     cl_max_iter: int = setting(1000, "L-BFGS iterations at most (it stops earlier at convergence)")
 
     def __post_init__(self):
@@ -160,7 +161,8 @@ def run(args):
         print(f"practitioner: no validation split, C = {C:g} (the middle of --cl_c_grid)")
     else:
         C, val_accs = choose_c(X, observed, (X_val - mean) / std, val[2], K, grid, cfg.cl_max_iter)
-        print(f"practitioner: C = {C:g} chosen on noisy validation ({', '.join(f'{c:g}: {a:.3f}' for c, a in val_accs.items())})")
+        accs = ", ".join(f"{c:g}: {a:.3f}" for c, a in val_accs.items())
+        print(f"practitioner: C = {C:g} chosen on noisy validation ({accs})")
     oos = cross_fit(X, observed, K, C, cfg.cl_folds, args.seed, cfg.cl_max_iter)  # (N, K) logits
     flagged = find_label_issues(softmax(oos), observed, K)
     plain = fit_logreg(X, observed, K, C, cfg.cl_max_iter)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import engine
 import methods
 import train
 from data import Batch
@@ -130,7 +131,7 @@ def test_far_retrains_a_fresh_model_on_the_kept_rows_only(tiny_pretrained_dir, t
     """Through the command line: at the retrain stage the weights are the initial ones again and
     no dropped row reaches a batch."""
     seen, starts = [], []
-    real_loss, real_enter = FarRouting.loss, train.Stage.enter
+    real_loss, real_enter = FarRouting.loss, engine.Stages.enter
 
     def recording_loss(self, out, batch):
         seen.append((self.keep is not None, batch.index.tolist()))
@@ -143,7 +144,7 @@ def test_far_retrains_a_fresh_model_on_the_kept_rows_only(tiny_pretrained_dir, t
             starts.append(all(torch.equal(now[k], v) for k, v in self.initial.items()))
         return entered
     monkeypatch.setattr(FarRouting, "loss", recording_loss)
-    monkeypatch.setattr(train.Stage, "enter", recording_enter)
+    monkeypatch.setattr(engine.Stages, "enter", recording_enter)
     summary = train.main(base(tiny_pretrained_dir, tiny_dataset, tmp_path / "far", "--method", "far",
                               "--peft", "lora", "--far_rows", "drop"))
     assert starts == [True] and len(read_metrics(tmp_path / "far")) == 1 + 2  # W + far_epochs

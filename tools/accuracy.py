@@ -176,7 +176,8 @@ def pilot_table(runs):
         f = lambda k, d=3: "-" if last.get(k) is None else f"{last[k]:.{d}f}"
         rows.append([label, f"{cfg['dataset']} {cfg['noise']} {cfg['noise_rate']:g}",
                      f"{summary['selected_val_acc']:.3f}", f"{val3:.3f}", f"{100 * summary['selected_test_acc']:.1f}",
-                     f"{100 * summary['last_test_acc']:.1f}", f("far_score_auroc"), f("far_flagged"), f("far_flag_precision"),
+                     f"{100 * summary['last_test_acc']:.1f}", f("far_score_auroc"), f("far_flagged"),
+                     f("far_flag_precision"),
                      f("far_flag_recall"), f("far_kept"),
                      f"{f('far_relabelled')} ({f('far_relabel_acc', 2)})"])
     rows.sort()
