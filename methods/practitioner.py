@@ -21,7 +21,9 @@ tutorial recipe), written here without scikit-learn or cleanlab:
    their label are never flagged (as cleanlab's find_label_issues).
 5. The same regression refitted on the rows that are not flagged; its test accuracy is the
    row's figure (one model, so selected = best = last). The out-of-sample self-confidence
-   p_observed is the label-issue score (det_auroc).
+   p_observed is the label-issue score (det_auroc): label_issues.csv ranks by the out-of-sample
+   loss -log p_observed (its column keeps the name mean_loss, the mean over one pass) and marks the
+   rows confident learning flagged.
 Cross-checked once against scikit-learn + cleanlab in a scratch environment (RESULTS.md).
 
 Usage:
