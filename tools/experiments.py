@@ -185,8 +185,9 @@ REUSED = {"results/results": ["lora", "clear"]}  # rows read from another grid's
 
 
 def accuracy_cells():
-    """The pilot's detector-input variants first (rows: drop / relabel / unlabelled), then seed 0 of every
-    other row, then the chosen variant's score and cross-fitting checks, then everything else, seed-major."""
+    """The pilot's detector-input variants first (rows: drop / relabel / unlabelled), then the chosen
+    variant's score and cross-fitting checks, then seed 0 of every other row, then everything else,
+    seed-major."""
     pilot = [c for d, noise in PILOT_SETTINGS for c in cells([d], [noise], ["far-drop", "far-relabel", "far-unlabelled"],
                                                              [0], RESULT_DATA)]
     checks = [c for d, noise in PILOT_SETTINGS for c in cells([d], [noise], [f"{ACCURACY_FAR}-loss",
@@ -194,7 +195,7 @@ def accuracy_cells():
     main = [c for s in (0, 1, 2) for d in ("20ng", "r8", "mr")
             for c in cells([d], ACCURACY_NOISE[d], ACCURACY_METHODS, [s], RESULT_DATA)]
     first = [c for c in main if c.seed == 0 and c.method != ACCURACY_FAR]
-    return pilot + first + checks + [c for c in main if c not in pilot + first]
+    return pilot + checks + first + [c for c in main if c not in pilot + first]
 
 
 GRIDS["accuracy"] = accuracy_cells()
