@@ -58,3 +58,15 @@ def test_verdicts_and_setting_tables_name_every_row():
     assert table.index("| sym 0.4 | lora |") < table.index("| sym 0.4 | far") < \
         table.index("| sym 0.4 | lora [oracle: noise-free]")
     assert "| 55% |" in table and "| 45% |" in table  # far, and what the clean-subset oracle recovers
+
+
+def test_pilot_means_cover_the_settings_every_variant_ran():
+    def far(rows, dataset, val):
+        summary, _ = run(["--method", "far", "--far_rows", rows], dataset, "sym", 0, 0.5)
+        summary["selected_val_acc"] = val
+        last = {"val_acc": val, "far_flagged": 0.4}
+        return summary, [last, last, last]
+    runs = [far("drop", "20ng", 0.30), far("drop", "r8", 0.50), far("unlabelled", "20ng", 0.40)]
+    text = accuracy.pilot_table(runs)
+    assert "| far (lora, drop, class-norm) | mean of 1 | 0.300 | 0.300 |" in text  # r8: the other did not run it
+    assert "| far (lora, unlabelled, class-norm) | mean of 1 | 0.400 | 0.400 |" in text

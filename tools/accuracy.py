@@ -172,7 +172,7 @@ def pilot_table(runs):
             continue
         label = report.group_key(cfg)[2]
         val3 = float(np.mean([m["val_acc"] for m in metrics[-3:]]))
-        by_variant[label].append((summary["selected_val_acc"], val3))
+        by_variant[label].append((report.group_key(cfg)[:2], summary["selected_val_acc"], val3))
         f = lambda k, d=3: "-" if last.get(k) is None else f"{last[k]:.{d}f}"
         rows.append([label, f"{cfg['dataset']} {cfg['noise']} {cfg['noise_rate']:g}",
                      f"{summary['selected_val_acc']:.3f}", f"{val3:.3f}", f"{100 * summary['selected_test_acc']:.1f}",
@@ -181,8 +181,12 @@ def pilot_table(runs):
                      f("far_flag_recall"), f("far_kept"),
                      f"{f('far_relabelled')} ({f('far_relabel_acc', 2)})"])
     rows.sort()
-    rows += [[label, f"mean of {len(v)}", *(f"{x:.3f}" for x in np.mean(v, axis=0)), *["" for _ in head[4:]]]
-             for label, v in sorted(by_variant.items())]
+    common = set.intersection(*({s for s, _, _ in v} for v in by_variant.values())) if by_variant else set()
+    for label, v in sorted(by_variant.items()):  # over the settings every variant ran, so the means compare
+        vals = [(a, b) for s, a, b in v if s in common]
+        if vals:
+            rows.append([label, f"mean of {len(vals)}", *(f"{x:.3f}" for x in np.mean(vals, axis=0)),
+                         *["" for _ in head[4:]]])
     return report.markdown_table(head, rows)
 
 
