@@ -24,9 +24,10 @@ After warm-up (plain cross-entropy), every epoch:
 Departures from the official code, on purpose: its sample-selection loss is computed on the
 softmax output (softmax applied twice inside cross-entropy) - ours on the logits; its hidden
 size is hard-coded (768/1024) - ours is the model's; it draws labelled and unlabelled batches
-from two loaders - ours splits each batch, so both parts keep their share of the data; its KL
-is summed over the batch - ours is averaged over the unlabelled rows. With no unlabelled row in
-a batch the step is mixup of the labelled rows alone.
+from two loaders (16 unlabelled rows a step) - ours splits each batch, so both parts keep their
+share of the data (about as many unlabelled rows a step at 40-50% flagged); its KL is summed over
+the step's unlabelled rows, and so is ours, so lambda_r weighs it alike. With no unlabelled row
+in a batch the step is mixup of the labelled rows alone.
 
 Usage:
     python train.py --method selfmix --peft lora
@@ -60,9 +61,9 @@ class SelfMixConfig:
 
 
 def symmetric_kl(a, b):
-    """(KL(p_b || p_a) + KL(p_a || p_b)) / 2 per row, averaged over rows: logits (U, K) twice."""
+    """(KL(p_b || p_a) + KL(p_a || p_b)) / 2, summed over rows (as the official code): logits (U, K) twice."""
     la, lb = F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
-    return 0.5 * ((lb.exp() * (lb - la)).sum(-1) + (la.exp() * (la - lb)).sum(-1)).mean()
+    return 0.5 * ((lb.exp() * (lb - la)).sum(-1) + (la.exp() * (la - lb)).sum(-1)).sum()
 
 
 class SelfMixRouting(Routing):
