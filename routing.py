@@ -44,8 +44,8 @@ class Routing:
                                            label plus the extras; out: model.Outputs (logits (B, K) and the
                                            [CLS] features (B, C)); override to select or reweight samples
         extra_losses(out, batch)        -> {name: scalar tensor}, added to the loss, logged as train_<name>
-        stage_starts()                  -> epochs at which a fresh model starts: train.py re-initialises the
-                                           trainable weights, the optimizer and its schedule there
+        stage_starts()                  -> epochs at which a fresh model starts: the run (engine.Stages) resets
+                                           the trainable weights, the optimizer and its schedule there
         epoch_data(epoch, observed)     -> (labels (N,), keep (N,) bool or None): the labels this epoch trains
                                            on (-1: unlabelled, for a method whose loss handles it) and
                                            the rows it trains on (None: all)
