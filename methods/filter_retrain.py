@@ -52,7 +52,8 @@ class FarConfig:
                                            "observed class", choices=SCORES)
     far_folds: int = setting(1, "1: the stage-1 model scores its own training rows; 2: cross-fitted, two "
                                 "stage-1 models on two halves, each scoring the other half", choices=(1, 2))
-    far_epochs: int = setting(None, "epochs of the retrain stage (default: --epochs)")
+    far_epochs: int = setting(None, "epochs of the retrain stage (default: --epochs); the run has --warmup_epochs x "
+                                    "--far_folds detecting epochs in front, and its --epochs becomes the sum")
     far_confidence: float = setting(0.5, "--far_rows relabel: the stage-1 probability a new label needs")
     far_unlabelled_weight: float = setting(1.0, "--far_rows unlabelled: weight of the soft-target loss")
 
