@@ -4,8 +4,8 @@ model trains on what is kept.
 
 The simplest way to turn a clean-sample detector into accuracy, and the baseline every
 sample-selection method is measured against (Northcutt et al. 2021, "Confident Learning", Sec.
-5: prune, then retrain; Arazo et al. 2019 and DivideMix, Li et al. 2020, Sec. 3.1: the
-two-component loss mixture as the detector). Two stages in one run:
+3.2: rank and prune, then train on what is left; Arazo et al. 2019 and DivideMix, Li et al.
+2020, Sec. 3.1: the two-component loss mixture as the detector). Two stages in one run:
 
 1. Detect (--warmup_epochs W epochs): plain training; after its last epoch each training
    sample's loss on its observed label is scored by the loss mixture (mixture.py), optionally

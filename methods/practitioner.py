@@ -15,8 +15,8 @@ tutorial recipe), written here without scikit-learn or cleanlab:
 4. Confident learning (Northcutt, Jiang, Chuang 2021, "Confident Learning: Estimating
    Uncertainty in Dataset Labels", JAIR, Sec. 3.1-3.2): per-class thresholds t_j = the mean
    out-of-sample p_j of the rows observed as j; the confident joint (label_issues.confident_joint)
-   calibrated to the observed class counts; prune by noise rate (Sec. 3.2, "C_confusion ...
-   prune by noise rate"): for each observed class i and other class j, the n * Q[j, i] rows
+   calibrated to the observed class counts; pruning by noise rate (Sec. 3.2): for each observed
+   class i and other class j, the n * Q[j, i] rows
    observed as i with the largest margin p_j - p_i are flagged; rows whose predicted class is
    their label are never flagged (as cleanlab's find_label_issues).
 5. The same regression refitted on the rows that are not flagged; its test accuracy is the
