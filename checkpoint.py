@@ -6,7 +6,7 @@ killed run never leaves half a file.
 - PEFT weights (`peft.safetensors` + `peft_config.json`): the PEFT tensors and the head,
   with the kind and its settings; loading onto a freshly loaded pretrained model
   reproduces the trained model's logits exactly (tests/test_peft.py).
-- The training checkpoint (`checkpoint.safetensors`): model, optimizer and router tensors,
+- The training checkpoint (`checkpoint.safetensors`): model, optimizer and method-hook tensors,
   with the rest of the state (config, epoch, history, scheduler, RNG) as JSON in the
   file's metadata - one file, so it is replaced in one atomic rename. torch.load is never
   called: a pickle runs code on load, even a "weights only" one has had holes.
@@ -245,7 +245,7 @@ def save_training_state(out, config, epoch, history, sample_losses, model, opt, 
         "config": config, "epoch": epoch, "history": history, "sample_losses": sample_losses,
         "trainable": peft_state_dict(model),  # the PEFT tensors + head, frozen ones too (--clear_freeze)
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-        "router": hooks.state_dict(), "detector": detector.state_dict(), "wall_s": wall_s})
+        "hooks": hooks.state_dict(), "detector": detector.state_dict(), "wall_s": wall_s})
 
 
 def restore(state, model, hooks, detector):
@@ -255,7 +255,7 @@ def restore(state, model, hooks, detector):
         return [], [], 0, 0.0
     model.load_state_dict(state["trainable"], strict=False)
     torch.set_rng_state(state["torch_rng"])
-    hooks.load_state_dict(state["router"])
+    hooks.load_state_dict(state["hooks"])
     detector.load_state_dict({k: None if v is None else v.numpy() for k, v in state["detector"].items()})
     return state["history"], [t.numpy() for t in state["sample_losses"]], state["epoch"] + 1, state["wall_s"]
 

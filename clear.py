@@ -8,7 +8,7 @@ the PEFT module of layer l is applied to sample i with probability r * w_i), Sec
 (consistency regularisation against the previous epoch's predictions).
 
 Usage:
-    router = ClearRouting(num_train, num_layers, ClearConfig(base_rate=0.85), warmup_epochs=3)
+    router = ClearHooks(num_train, num_layers, ClearConfig(base_rate=0.85), warmup_epochs=3)
     out = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch), with_features=True)  # gates (B, L)
     loss, extra = router.loss(out, batch)   # CE + {"consistency": KL to the last epoch}
 """
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 import methods
 import peft
-from peft import setting
-from routing import Routing, RoutingError
+from settings import SettingError, setting
+from hooks import Hooks
 
 
 CLEAR_EVAL_MODES = ("sample", "all", "expected")
@@ -42,7 +42,7 @@ class ClearConfig:
                                         "what the official LoRA code does by accident (loralib merges on eval())")
 
 
-class ClearRouting(Routing):
+class ClearHooks(Hooks):
     """Per-sample state of CleaR: clean probabilities w (from the loss mixture, mixture.py),
     the teacher logits of the last training-set pass, and the Bernoulli(r * w_i) gate draws.
 
@@ -53,12 +53,12 @@ class ClearRouting(Routing):
 
     def __init__(self, num_train, num_layers, cfg, warmup_epochs=3, model=None):
         if cfg.base_rate is None or not 0 < cfg.base_rate <= 1:
-            raise RoutingError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
+            raise SettingError(f"CleaR base rate must be in (0, 1], got {cfg.base_rate}")
         if cfg.clear_eval not in CLEAR_EVAL_MODES:
-            raise RoutingError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.clear_eval!r}")
+            raise SettingError(f"--clear_eval must be one of {CLEAR_EVAL_MODES}, got {cfg.clear_eval!r}")
         self.cfg, self.num_layers, self.warmup_epochs, self.model = cfg, num_layers, warmup_epochs, model
         if cfg.clear_freeze and model is None:
-            raise RoutingError("--clear_freeze needs the model to freeze")
+            raise SettingError("--clear_freeze needs the model to freeze")
         self.clean_prob = torch.ones(num_train)  # w_i; 1 during warm-up, so gates ~ Bernoulli(r)
         self.teacher = None                      # (N, K) logits of the last training-set pass
 
@@ -143,7 +143,7 @@ class ClearMethod(methods.Method):
 
     def hooks(self, model, args, num_train):
         L = model.encoder.config.num_hidden_layers
-        return ClearRouting(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
+        return ClearHooks(num_train, L, self.config(args), warmup_epochs=args.warmup_epochs, model=model)
 
     def label(self, cfg):
         return f"clear ({cfg['peft']})"

@@ -4,7 +4,7 @@ learning-rate schedule, and the stages a method's run goes through (Stages: a fr
 optimizer where the method starts one). train.py runs them; bench.py times train_step itself,
 so what is measured is what trains.
 
-A step: the method's step_loss (routing.Routing: by default its gates -> forward under
+A step: the method's step_loss (Hooks: by default its gates -> forward under
 autocast -> its loss on the model outputs, which returns its extra terms explicitly) ->
 backward -> gradient clipping -> AdamW -> scheduler. A batch carries the observed labels
 only (data.Batch).
@@ -57,7 +57,7 @@ def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overr
 
 
 def train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast):
-    """One optimizer step on one batch: the method's step_loss (routing.Routing: its gates, forward
+    """One optimizer step on one batch: the method's step_loss (Hooks: its gates, forward
     passes and loss on the model outputs) -> backward -> clipping -> AdamW -> scheduler. forward: the
     model (DDP-wrapped under torchrun); params: the trainable parameters (clipped together).
     Returns (loss, {extra term: value})."""
@@ -95,7 +95,7 @@ def train_epoch(forward, model, hooks, batches, opt, sched, grad_clip, autocast,
 
 class Stages:
     """The optimizer, schedule and training rows of the stage an epoch belongs to. A method's
-    stage_starts() (routing.Routing) are epochs where a fresh model starts: the trainable weights
+    stage_starts() (Hooks) are epochs where a fresh model starts: the trainable weights
     go back to their initial values and the optimizer and schedule start again, over the rows and
     labels the method gives (epoch_data) - a warm-up detector, then a fresh model on the kept set.
     steps_of(rows) -> batches per epoch over those rows (None: all); optim: build_optimizer's settings."""

@@ -38,7 +38,7 @@ def evaluation_model(model, hooks, fold):
 @torch.no_grad()
 def predict(model, token_ids, batch_size, device, autocast, hooks, pad_to=None, rank=0, world=1):
     """Logits (N, K) as a float32 numpy array, in example order; model in eval mode, gated by
-    hooks.eval_gates (routing.Routing). Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
+    hooks.eval_gates (Hooks). Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
     model.eval()
     generator = torch.Generator().manual_seed(rank)  # evaluation gates repeat exactly
     out, filled = None, np.zeros(len(token_ids), dtype=bool)

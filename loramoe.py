@@ -8,9 +8,9 @@ Language Models via MoE-Style Plugin", ACL. Sec. 3.1 (LoRA experts + router in t
 Sec. 3.2 (localized balancing constraint).
 
 The experts are a PEFT kind (`LoRAMoE`, registered in peft.KINDS); the balance loss and the
-sample types are the method's hooks (`LoRAMoERouting`). Usage:
+sample types are the method's hooks (`LoRAMoEHooks`). Usage:
     peft.inject(model, LoRAMoE())                     # wraps every layer's ffn_in and ffn_out
-    router = LoRAMoERouting(model, num_train, LoRAMoEConfig(moe_types="clean"))
+    router = LoRAMoEHooks(model, num_train, LoRAMoEConfig(moe_types="clean"))
     loss, extra = router.loss(model(ids, mask, with_features=True), batch)  # CE + {"balance": sum over wrapped linears}
 """
 
@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 import methods
 import peft
+from mixture import looks_clean
 from model import linear_shapes
-from peft import setting
-from routing import Routing, RoutingError, fp32_region
+from settings import SettingError, setting
+from hooks import Hooks, fp32_region
 
 
 class LoRAMoELinear(nn.Module):
@@ -35,7 +36,7 @@ class LoRAMoELinear(nn.Module):
     The mix is dense (every expert, every token). B_i = 0 at init, so the module is the
     identity whatever the router says. The routing weights of the last forward are kept
     in `last_route` (B, T, N) fp32, with their graph, for the balance loss that
-    LoRAMoERouting.extra_losses returns."""
+    LoRAMoEHooks.extra_losses returns."""
 
     def __init__(self, base, n_experts, r, alpha, dropout):
         super().__init__()
@@ -86,7 +87,7 @@ class LoRAMoE(peft.PeftKind):
 
     def validate(self):
         if self.moe_experts < 1 or self.moe_r < 1:
-            raise RoutingError(f"LoRAMoE needs --moe_experts >= 1 and --moe_r >= 1, got {self.moe_experts}, {self.moe_r}")
+            raise SettingError(f"LoRAMoE needs --moe_experts >= 1 and --moe_r >= 1, got {self.moe_experts}, {self.moe_r}")
 
     def inject(self, model):
         """Wrap every layer's ffn_in and ffn_out."""
@@ -116,9 +117,9 @@ class LoRAMoEConfig:
 
     def __post_init__(self):
         if self.moe_types not in ("none", "clean"):
-            raise RoutingError(f"--moe_types must be none or clean, got {self.moe_types!r}")
+            raise SettingError(f"--moe_types must be none or clean, got {self.moe_types!r}")
         if not 0 <= self.moe_delta < 1:
-            raise RoutingError(f"--moe_delta must be in [0, 1), got {self.moe_delta}")
+            raise SettingError(f"--moe_delta must be in [0, 1), got {self.moe_delta}")
 
 
 def balance_loss(route, mask, types, delta, beta):
@@ -145,7 +146,7 @@ def balance_loss(route, mask, types, delta, beta):
     return beta * Z.var(correction=0) / (Z.mean() ** 2 + 1e-10)
 
 
-class LoRAMoERouting(Routing):
+class LoRAMoEHooks(Hooks):
     """Returns the balance loss of every LoRAMoE module; with moe_types="clean" the sample
     types come from the loss mixture (mixture.py, as CleaR's) refitted after every epoch;
     logs how much routing mass each expert group gives truly clean vs truly noisy samples,
@@ -156,9 +157,9 @@ class LoRAMoERouting(Routing):
         self.cfg, self.warmup_epochs = cfg, warmup_epochs
         self.modules = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
         if not self.modules:
-            raise RoutingError("the model has no LoRAMoE layers; inject a loramoe.LoRAMoE kind first")
+            raise SettingError("the model has no LoRAMoE layers; inject a loramoe.LoRAMoE kind first")
         if cfg.moe_types == "clean" and any(m.n_experts < 2 for m in self.modules):
-            raise RoutingError("--moe_types clean needs --moe_experts >= 2 for two expert groups")
+            raise SettingError("--moe_types clean needs --moe_experts >= 2 for two expert groups")
         self.types = torch.zeros(num_train, dtype=torch.long)  # 1 = suspected noisy
         self.typed = False  # False: plain balance (moe_types="none", or still warming up)
         self.share0 = torch.zeros(num_train, dtype=torch.float64)  # per sample: sum of group 0's shares
@@ -188,7 +189,7 @@ class LoRAMoERouting(Routing):
         assigned = self.types.numpy().copy() if self.typed else None  # the types this epoch trained with
         self.last = (self.share0.numpy(), self.visits.numpy(), balance, assigned)
         if self.cfg.moe_types == "clean" and epoch + 1 >= self.warmup_epochs:  # the detector CleaR uses
-            self.types, self.typed = torch.as_tensor(fit.clean_prob < 0.5).long(), True  # from the next epoch on
+            self.types, self.typed = torch.as_tensor(~looks_clean(fit.clean_prob)).long(), True  # from the next epoch on
         self.share0, self.visits = torch.zeros_like(self.share0), torch.zeros_like(self.visits)
         self.loss_sum, self.steps = 0.0, 0
 
@@ -225,7 +226,7 @@ class LoRAMoEMethod(methods.Method):
     reads_all_tokens = True  # the balance loss counts every real token of every layer, the top one too
 
     def hooks(self, model, args, num_train):
-        return LoRAMoERouting(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
+        return LoRAMoEHooks(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
 
     def label(self, cfg):
         return f"loramoe (types {cfg['moe_types']})"

@@ -6,7 +6,7 @@ In-batch Instances" (Match-Tuning), IJCAI, Sec. 3.
 
 Usage:
     replace_head_with_match(model, tau=3.0)     # model.head becomes a MatchHead
-    router = MatchRouting(model)                # no extra loss; logs where the mixing mass goes
+    router = MatchHooks(model)                # no extra loss; logs where the mixing mass goes
 """
 
 from dataclasses import dataclass
@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 import methods
-from peft import setting
-from routing import Routing, RoutingError, fp32_region
+from settings import SettingError, setting
+from hooks import Hooks, fp32_region
 
 
 @dataclass
@@ -31,7 +31,7 @@ class MatchConfig:
 
     def __post_init__(self):
         if not self.match_tau > 0:
-            raise RoutingError(f"--match_tau must be > 0, got {self.match_tau}")
+            raise SettingError(f"--match_tau must be > 0, got {self.match_tau}")
 
 
 class MatchHead(nn.Module):
@@ -50,7 +50,7 @@ class MatchHead(nn.Module):
     def __init__(self, hidden, num_classes, tau, eval_mix=False, dropout=0.1):
         super().__init__()
         if not tau > 0:
-            raise RoutingError(f"--match_tau must be > 0, got {tau}")
+            raise SettingError(f"--match_tau must be > 0, got {tau}")
         self.tau, self.eval_mix = tau, eval_mix
         self.match_dense = nn.Linear(hidden, hidden)
         with torch.no_grad():
@@ -58,7 +58,7 @@ class MatchHead(nn.Module):
             self.match_dense.bias.zero_()
         self.dropout = nn.Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
         self.classifier = nn.Linear(hidden, num_classes)
-        self.last_mix = None  # (B, B) M of the last mixed forward, detached, for MatchRouting
+        self.last_mix = None  # (B, B) M of the last mixed forward, detached, for MatchHooks
 
     @property
     def out_features(self):  # checkpoint.save_peft / load_peft read model.head.out_features
@@ -104,7 +104,7 @@ def replace_head_with_match(model, tau, eval_mix=False):
     return model
 
 
-class MatchRouting(Routing):
+class MatchHooks(Hooks):
     """No extra loss; logs where each example's mixing mass goes, per epoch: to itself
     (match_diag), to other examples with the same / a different observed label
     (match_same_label / match_diff_label), and the same split by true label (*_true).
@@ -112,7 +112,7 @@ class MatchRouting(Routing):
 
     def __init__(self, model):
         if not isinstance(model.head, MatchHead):
-            raise RoutingError("MatchRouting needs replace_head_with_match(model, tau) first")
+            raise SettingError("MatchHooks needs replace_head_with_match(model, tau) first")
         self.head, self.mixes, self.last = model.head, [], []
 
     def extra_losses(self, out, batch):
@@ -154,7 +154,7 @@ class MatchMethod(methods.Method):
         replace_head_with_match(model, cfg.match_tau, eval_mix=cfg.match_eval == "mix")
 
     def hooks(self, model, args, num_train):
-        return MatchRouting(model)
+        return MatchHooks(model)
 
     def lr_overrides(self, args):
         return {} if args.match_lr is None else {"head.match_dense.": args.match_lr}

@@ -27,6 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+CLEAN_ABOVE = 0.5  # a sample looks clean when its P(clean) is above this; at or below it, it is flagged noisy
+
+
+def looks_clean(clean_prob):
+    """The detector's call for each sample (bool array or tensor): P(clean) > CLEAN_ABOVE. Every
+    user of the call (label issues, LoRAMoE's types, filter and retrain, SelfMix) asks this."""
+    return clean_prob > CLEAN_ABOVE
+
 
 @dataclass
 class GaussianMixture1D:
@@ -153,8 +161,8 @@ class LossDetector:
 
 def detector_metrics(fit, observed, true):
     """How well the fit separates truly clean from truly noisy samples: AUROC of w and of the
-    (smoothed) loss itself, the share called clean (w > 0.5), precision and recall of that call."""
-    clean, called = np.asarray(observed) == np.asarray(true), fit.clean_prob > 0.5
+    (smoothed) loss itself, the share called clean (looks_clean: w > 0.5), precision and recall of that call."""
+    clean, called = np.asarray(observed) == np.asarray(true), looks_clean(fit.clean_prob)
     return {
         "det_auroc": auroc(fit.clean_prob, clean), "det_auroc_loss": auroc(-fit.smoothed, clean),
         "det_called_clean": float(called.mean()),

@@ -265,7 +265,7 @@ class Classifier(nn.Module):
 
 
 class Outputs(NamedTuple):
-    """What a training forward hands a method's loss hook (routing.Routing.loss)."""
+    """What a training forward hands a method's loss hook (Hooks.loss)."""
     logits: torch.Tensor    # (B, K)
     features: torch.Tensor  # (B, C) final [CLS] hidden states, before the head's dropout
 

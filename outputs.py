@@ -18,7 +18,7 @@ import label_issues
 import noise
 from calibration import reliability_bins
 from checkpoint import write_json
-from mixture import auroc
+from mixture import auroc, looks_clean
 
 
 def _matrix_text(counts, names, title):
@@ -51,7 +51,7 @@ def write_run_outputs(out, log, class_names, train, noise_all, train_logits, fit
                {"class_names": class_names, "realised_true_x_observed": realised,
                 "estimated_true_x_observed": estimated})
     write_json(os.path.join(out, "calibration.json"), reliability_bins(test_logits, test_labels))
-    flagged = fit.clean_prob <= 0.5
+    flagged = ~looks_clean(fit.clean_prob)
     summary = {"issues_score": label_issues.DEFAULT_SCORE, "issues_flagged": float(flagged.mean())}
     if has_truth:
         summary.update(label_issues.flag_metrics(flagged, observed, true))

@@ -55,7 +55,7 @@ Usage:
 """
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
@@ -63,6 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import BertConfig, count_params, linear_shapes
+from settings import setting
 
 LORA_TARGETS = tuple(linear_shapes(BertConfig()))  # the Linear sub-modules of model.Layer: query ... ffn_out
 ADAPTER_SITES = {"houlsby": ("attn_out", "ffn_out"), "pfeiffer": ("ffn_out",)}
@@ -75,25 +76,6 @@ class PeftError(ValueError):
 
 # ----------------------------------------------------------------------------
 # The registry
-
-def setting(default, help, choices=None):
-    """A dataclass field that is also a train.py flag: `--<name>`, with this default and help."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-def add_flags(parser, cls):
-    """An argparse group for a settings dataclass (a PEFT kind's or a method's): a flag per field."""
-    if not fields(cls):
-        return
-    group = parser.add_argument_group(cls.__doc__.strip().splitlines()[0])
-    for f in fields(cls):
-        if f.type in (bool, "bool"):
-            group.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            group.add_argument(f"--{f.name}", type=kind, default=f.default, choices=f.metadata["choices"],
-                               help=f.metadata["help"])
-
 
 @dataclass
 class PeftKind:

@@ -25,7 +25,7 @@ import numpy as np
 import data
 import export
 import train
-from routing import Routing
+from hooks import Hooks
 from calibration import softmax
 from evaluation import predict
 
@@ -69,13 +69,13 @@ def load_predictor(path, device):
     if os.path.isfile(os.path.join(path, "summary.json")):
         model, tokenizer, hooks, cfg, names, _ = train.load_run(path, device)
         try:
-            model, hooks = export.fold_model(model, hooks), Routing()  # merged: no gates left
+            model, hooks = export.fold_model(model, hooks), Hooks()  # merged: no gates left
         except export.ExportError:
             pass  # adapters, prefix, LoRAMoE, sampled gates: the run's own model and evaluation gates
         return model, tokenizer, hooks, names, cfg.max_len
     if os.path.isfile(os.path.join(path, "config.json")):
         model, tokenizer, names = export.load_exported(path)
-        return model, tokenizer, Routing(), names, model.encoder.config.max_position_embeddings
+        return model, tokenizer, Hooks(), names, model.encoder.config.max_position_embeddings
     raise train.RunError(f"{path}: neither a finished run (summary.json) nor an --export_hf folder (config.json)")
 
 

@@ -3,7 +3,7 @@ Fine-tune a pretrained BERT-style encoder on text classification with noisy labe
 
 The run: load a dataset (data.py) and the encoder (model.py) -> inject the method's PEFT
 kind (peft.py) -> corrupt the training labels (noise.py) -> train with the engine
-(engine.py: AdamW, warm-up + linear decay, the method's hooks from routing.py) -> every
+(engine.py: AdamW, warm-up + linear decay, the method's hooks from hooks.py) -> every
 epoch evaluate on the clean test split and measure memorisation on the training set
 (evaluation.py) -> write metrics.jsonl, an atomic checkpoint and finally summary.json and
 the PEFT weights into --out (checkpoint.py). Under torchrun the run is data parallel (dist.py).
@@ -39,11 +39,12 @@ import methods
 import noise
 import outputs
 import peft
-import routing
 import speedups
 from evaluation import epoch_metrics, evaluation_model, folds, predict, sentence_embeddings
 from mixture import LossDetector
 from model import Classifier, ModelLoadError, count_params, default_model_dir, load_pretrained
+import settings
+from settings import SettingError
 
 class RunError(RuntimeError):
     """A run that cannot start as asked (settings, output directory, resume mismatch)."""
@@ -120,13 +121,13 @@ def parse_args(argv=None):
     p.add_argument("--eval_only", action="store_true", help="only evaluate the run saved in --load on its test split")
     p.add_argument("--load", default=None, help="a finished run's directory (with peft.safetensors) for --eval_only")
     for cls in list(peft.KINDS.values()) + [m.settings for m in methods.METHODS.values() if m.settings]:
-        peft.add_flags(p, cls)
+        settings.add_flags(p, cls)
     return finalize(p.parse_args(argv))
 
 
 def finalize(args):
     """Defaults that depend on other flags, and every check that needs no file: RunError,
-    PeftError or RoutingError with one clear line."""
+    PeftError or SettingError with one clear line."""
     method = methods.get(args.method)
     kind = method.kind(args)
     if method.peft is None and not method.allows(peft.KINDS[kind]):
@@ -483,7 +484,7 @@ def evaluate_saved(args):
 
 EXPECTED_ERRORS = (ModelLoadError, checkpoint.CheckpointError, data.DataError, dist.DistError, export.ExportError,
                    noise.NoiseError,
-                   peft.PeftError, routing.RoutingError, RunError)
+                   peft.PeftError, SettingError, RunError)
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@ The registry of training methods: one entry per method declares everything that 
 between them, so train.py, bench.py, experiments.py and report.py find every method here.
 
 A method is a PEFT kind to train (peft.py's registry: its flags, default learning rate,
-injection, parameter and FLOP counts) plus training hooks (routing.Routing: gates, the
+injection, parameter and FLOP counts) plus training hooks (Hooks: gates, the
 training step's loss on the model outputs, per-epoch refits, stages, metrics). The plain
 methods - full, lora, adapter, prefix, bitfit, and any kind registered later with
 `standalone = True` - train their kind with the plain hooks. Every other method is one file
@@ -16,14 +16,14 @@ records (config["method_module"], see get()).
 
 An entry declares:
     name, summary       --method NAME and its one-line description (--help, README)
-    settings            a dataclass of the method's own flags (fields made with peft.setting)
+    settings            a dataclass of the method's own flags (fields made with settings.setting)
     peft                the PEFT kind it trains, or None: --peft chooses, among allows(kind)
     default_lr          None: the PEFT kind's
     reads_all_tokens    True: the top layer computes every token (no [CLS]-only speed path)
     reference           True: an oracle or a baseline outside fine-tuning, shown beside the methods
     finalize(args)      defaults that depend on other flags, checked before anything is built
     build(model, args)  changes to the model after the PEFT kind is injected
-    hooks(model, args, num_train) -> routing.Routing
+    hooks(model, args, num_train) -> Hooks
     run(args)           None, or the method's own whole run instead of train.py's loop (practitioner.py)
     lr_overrides(args)  {parameter-name prefix: peak learning rate} for parameters that want their own
     extra_params(bert)  parameters the method adds beyond its kind (closed form)
@@ -43,7 +43,7 @@ import sys
 from dataclasses import fields
 
 import peft
-import routing
+from hooks import Hooks
 
 
 class Method:
@@ -80,7 +80,7 @@ class Method:
         pass
 
     def hooks(self, model, args, num_train):
-        return routing.Routing()
+        return Hooks()
 
     def lr_overrides(self, args):
         return {}

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from peft import setting
-from routing import Routing, RoutingError
+from settings import SettingError, setting
+from hooks import Hooks
 
 
 @dataclass
@@ -33,12 +33,12 @@ class ELRConfig:
 
     def __post_init__(self):
         if not 0 <= self.elr_beta < 1:
-            raise RoutingError(f"--elr_beta must be in [0, 1), got {self.elr_beta}")
+            raise SettingError(f"--elr_beta must be in [0, 1), got {self.elr_beta}")
         if self.elr_lambda < 0:
-            raise RoutingError(f"--elr_lambda must be >= 0, got {self.elr_lambda}")
+            raise SettingError(f"--elr_lambda must be >= 0, got {self.elr_lambda}")
 
 
-class ELRRouting(Routing):
+class ELRHooks(Hooks):
     """Per-sample targets t (N, K), updated at every step that sees the sample."""
 
     def __init__(self, num_train, num_classes, cfg):
@@ -72,7 +72,7 @@ class ELR(methods.Method):
     settings = ELRConfig
 
     def hooks(self, model, args, num_train):
-        return ELRRouting(num_train, model.head.out_features, self.config(args))
+        return ELRHooks(num_train, model.head.out_features, self.config(args))
 
     def label(self, cfg):
         return f"elr ({cfg['peft']})"

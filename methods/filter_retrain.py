@@ -14,7 +14,7 @@ sample-selection method is measured against (Northcutt et al. 2021, "Confident L
    --far_folds 2 the detector is cross-fitted: two stage-1 models, each trained W epochs on one
    half and scoring the other, so no sample is scored by a model that fitted its label.
 2. Retrain (--far_epochs, default --epochs): the weights go back to their initial values and
-   train on the kept rows. Flagged rows (P(clean) < 0.5) are dropped, relabelled with the
+   train on the kept rows. Flagged rows (P(clean) <= 0.5, mixture.looks_clean) are dropped, relabelled with the
    stage-1 prediction where it is confident (p >= --far_confidence; else dropped), or kept as
    unlabelled: trained towards the stage-1 model's sharpened prediction (temperature 0.5)
    with weight --far_unlabelled_weight.
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 import methods
 from calibration import softmax
-from mixture import auroc, clean_probability, per_sample_loss
-from peft import setting
-from routing import Routing, RoutingError
+from mixture import auroc, clean_probability, looks_clean, per_sample_loss
+from settings import SettingError, setting
+from hooks import Hooks
 
 ROWS = ("drop", "relabel", "unlabelled")
 SCORES = ("loss", "class-norm")
@@ -59,7 +59,7 @@ class FarConfig:
 
     def __post_init__(self):
         if self.far_epochs is not None and self.far_epochs < 1:
-            raise RoutingError(f"--far_epochs must be >= 1, got {self.far_epochs}")
+            raise SettingError(f"--far_epochs must be >= 1, got {self.far_epochs}")
 
 
 def class_normalised(loss, observed):
@@ -77,7 +77,7 @@ def sharpen(probs, temperature):
     return p / p.sum(1, keepdims=True)
 
 
-class FarRouting(Routing):
+class FarHooks(Hooks):
     """The stage plan (stage_starts), the detector's flags after stage 1, and the retrain data."""
     summary_keys = ("far_flagged", "far_kept", "far_score_auroc", "far_flag_precision", "far_flag_recall",
                     "far_relabelled", "far_relabel_acc")
@@ -126,7 +126,7 @@ class FarRouting(Routing):
                 rows = self.fold == f
                 loss[rows] = (loss[rows] - loss[rows].mean()) / (loss[rows].std() + 1e-8)
         self.score = loss  # (N,) the detector's input: higher = more suspect
-        self.flagged = clean_probability(loss)[0] < 0.5
+        self.flagged = ~looks_clean(clean_probability(loss)[0])
         probs = softmax(self.oos_logits)
         self.labels, self.keep = observed.copy(), ~self.flagged
         self.soft = torch.as_tensor(sharpen(probs, 0.5), dtype=torch.float32)
@@ -183,10 +183,10 @@ class FilterRetrain(methods.Method):
             args.far_epochs = args.epochs
         args.epochs = args.warmup_epochs * args.far_folds + args.far_epochs  # the whole run, both stages
         if args.warmup_epochs < 1:
-            raise RoutingError("--method far needs --warmup_epochs >= 1 (the detecting stage)")
+            raise SettingError("--method far needs --warmup_epochs >= 1 (the detecting stage)")
 
     def hooks(self, model, args, num_train):
-        return FarRouting(num_train, self.config(args), args.warmup_epochs, args.seed)
+        return FarHooks(num_train, self.config(args), args.warmup_epochs, args.seed)
 
     def label(self, cfg):
         extra = "" if cfg.get("far_folds", 1) == 1 else ", cross-fitted"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 import methods
-from peft import setting
-from routing import Routing, RoutingError
+from settings import SettingError, setting
+from hooks import Hooks
 
 
 @dataclass
@@ -28,7 +28,7 @@ class GCEConfig:
 
     def __post_init__(self):
         if not 0 < self.gce_q <= 1:
-            raise RoutingError(f"--gce_q must be in (0, 1], got {self.gce_q}")
+            raise SettingError(f"--gce_q must be in (0, 1], got {self.gce_q}")
 
 
 def gce_loss(logits, labels, q):
@@ -37,7 +37,7 @@ def gce_loss(logits, labels, q):
     return ((1 - p_y.clamp_min(1e-7) ** q) / q).mean()
 
 
-class GCERouting(Routing):
+class GCEHooks(Hooks):
     """The loss hook alone: GCE in place of cross-entropy."""
 
     def __init__(self, q):
@@ -53,7 +53,7 @@ class GCE(methods.Method):
     settings = GCEConfig
 
     def hooks(self, model, args, num_train):
-        return GCERouting(args.gce_q)
+        return GCEHooks(args.gce_q)
 
     def label(self, cfg):
         return f"gce ({cfg['peft']})"

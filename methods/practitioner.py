@@ -47,8 +47,7 @@ from checkpoint import prepare_out_dir, write_json
 from evaluation import memorisation, sentence_embeddings
 from label_issues import confident_joint
 from mixture import DetectorFit, auroc
-from peft import setting
-from routing import RoutingError
+from settings import SettingError, setting
 
 
 @dataclass
@@ -61,13 +60,13 @@ class PractitionerConfig:
 
     def __post_init__(self):
         if self.cl_folds < 2:
-            raise RoutingError(f"--cl_folds must be >= 2, got {self.cl_folds}")
+            raise SettingError(f"--cl_folds must be >= 2, got {self.cl_folds}")
         try:
             grid = [float(c) for c in self.cl_c_grid.split(",")]
         except ValueError:
             grid = []
         if not grid or min(grid) <= 0:
-            raise RoutingError(f"--cl_c_grid must be a comma list of positive numbers, got {self.cl_c_grid!r}")
+            raise SettingError(f"--cl_c_grid must be a comma list of positive numbers, got {self.cl_c_grid!r}")
 
 
 def fit_logreg(X, y, num_classes, C, max_iter=1000):

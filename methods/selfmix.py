@@ -40,9 +40,9 @@ import torch.nn.functional as F
 
 import methods
 from methods.filter_retrain import SCORES, class_normalised
-from mixture import clean_probability, per_sample_loss
-from peft import setting
-from routing import Routing, RoutingError
+from mixture import clean_probability, looks_clean, per_sample_loss
+from settings import SettingError, setting
+from hooks import Hooks
 
 
 @dataclass
@@ -57,7 +57,7 @@ class SelfMixConfig:
 
     def __post_init__(self):
         if not self.selfmix_temp > 0 or not self.selfmix_alpha > 0:
-            raise RoutingError("--selfmix_temp and --selfmix_alpha must be > 0")
+            raise SettingError("--selfmix_temp and --selfmix_alpha must be > 0")
 
 
 def symmetric_kl(a, b):
@@ -66,7 +66,7 @@ def symmetric_kl(a, b):
     return 0.5 * ((lb.exp() * (lb - la)).sum(-1) + (la.exp() * (la - lb)).sum(-1)).sum()
 
 
-class SelfMixRouting(Routing):
+class SelfMixHooks(Hooks):
     """The labelled / unlabelled split (per sample, refitted every epoch) and SelfMix's step."""
     summary_keys = ("selfmix_labelled",)
 
@@ -80,7 +80,7 @@ class SelfMixRouting(Routing):
             loss = per_sample_loss(train_logits, observed)  # on the logits (the official code: on softmax)
             if self.cfg.selfmix_score == "class-norm":
                 loss = class_normalised(loss, observed)
-            self.labelled = torch.as_tensor(clean_probability(loss)[0] > 0.5)
+            self.labelled = torch.as_tensor(looks_clean(clean_probability(loss)[0]))
 
     def step_loss(self, forward, batch, autocast):
         if self.labelled is None:
@@ -134,7 +134,7 @@ class SelfMix(methods.Method):
     settings = SelfMixConfig
 
     def hooks(self, model, args, num_train):
-        return SelfMixRouting(model, num_train, self.config(args), args.warmup_epochs)
+        return SelfMixHooks(model, num_train, self.config(args), args.warmup_epochs)
 
     def label(self, cfg):
         return f"selfmix ({cfg['peft']})"

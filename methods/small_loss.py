@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 import methods
-from peft import setting
-from routing import Routing, RoutingError
+from settings import SettingError, setting
+from hooks import Hooks
 
 
 @dataclass
@@ -29,10 +29,10 @@ class SmallLossConfig:
 
     def __post_init__(self):
         if not 0 <= self.small_max_rate < 1:
-            raise RoutingError(f"--small_max_rate must be in [0, 1), got {self.small_max_rate}")
+            raise SettingError(f"--small_max_rate must be in [0, 1), got {self.small_max_rate}")
 
 
-class SmallLossRouting(Routing):
+class SmallLossHooks(Hooks):
     """Drops the forget_rate share of each batch with the largest loss (none in the first epoch)."""
     summary_keys = ("small_forget_rate",)
 
@@ -66,7 +66,7 @@ class SmallLoss(methods.Method):
     settings = SmallLossConfig
 
     def hooks(self, model, args, num_train):
-        return SmallLossRouting(self.config(args), args.warmup_epochs)
+        return SmallLossHooks(self.config(args), args.warmup_epochs)
 
     def label(self, cfg):
         return f"smallloss ({cfg['peft']})"

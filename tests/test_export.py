@@ -14,7 +14,7 @@ import export
 import peft
 import predict
 import train
-from routing import Routing
+from hooks import Hooks
 from model import read_safetensors
 
 TEXTS = ["great film", "awful boring plot and a dull cast", "the story was quite moving", "tedious"]
@@ -53,7 +53,7 @@ def test_fold_and_export_reproduce_the_logits(tiny_model_dir, tmp_path, flags):
     assert evaluation.folds(model, hooks)  # train.py's evaluation passes run folded
     plain = export.fold_model(model, hooks)
     assert not any(peft.is_peft_param(n) and not n.startswith("head.") for n, _ in plain.named_parameters())
-    folded = logits_of(plain, tokenizer, Routing())
+    folded = logits_of(plain, tokenizer, Hooks())
     torch.testing.assert_close(folded, before, atol=1e-5, rtol=1e-5)  # the same function, float rounding apart
     assert torch.equal(logits_of(model, tokenizer, hooks), before)  # folding left the trained model alone
 
@@ -65,7 +65,7 @@ def test_fold_and_export_reproduce_the_logits(tiny_model_dir, tmp_path, flags):
     plain_state, loaded_state = plain.state_dict(), loaded.state_dict()
     assert plain_state.keys() == loaded_state.keys()
     assert all(torch.equal(plain_state[k], loaded_state[k]) for k in plain_state)
-    torch.testing.assert_close(logits_of(loaded, tok, Routing()), folded, atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits_of(loaded, tok, Hooks()), folded, atol=1e-6, rtol=0)
 
     # BertForSequenceClassification's head on the exported tensors: classifier(tanh(pooler(h_cls)))
     state = read_safetensors(os.path.join(out, "model.safetensors"))

@@ -10,8 +10,8 @@ import peft
 from conftest import TINY_CONFIG, tiny_classifier
 from data import Batch
 from model import Linear
-from loramoe import LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoERouting, balance_loss
-from match_tuning import MatchHead, MatchRouting, replace_head_with_match
+from loramoe import LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoEHooks, balance_loss
+from match_tuning import MatchHead, MatchHooks, replace_head_with_match
 
 K = 3
 
@@ -91,7 +91,7 @@ def test_gate_multiplies_the_expert_delta():
 
 def test_padding_does_not_change_the_balance_loss():
     model = moe_model()
-    router = LoRAMoERouting(model, 4, LoRAMoEConfig())
+    router = LoRAMoEHooks(model, 4, LoRAMoEConfig())
     losses = []
     for pad_to in (None, 14):
         b = make_batch(pad_to=pad_to)
@@ -143,7 +143,7 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
     types = torch.arange(B) % 2  # 0 = clean, 1 = suspected noisy
     x = torch.randn(B, T, C)
     x[..., 0] = 2.0 * types[:, None] - 1  # a feature the router can read the type from
-    router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=delta, moe_beta=1.0))
+    router = LoRAMoEHooks(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=delta, moe_beta=1.0))
     router.types, router.typed = types, True
     observed, true = types.numpy(), torch.zeros(B, dtype=torch.long).numpy()  # label != true exactly for type 1
     batch = Batch(torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.long), torch.arange(B),
@@ -163,7 +163,7 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
     model = moe_model()
     n = 40
     cfg = LoRAMoEConfig(moe_types="clean")
-    router = LoRAMoERouting(model, n, cfg, warmup_epochs=2)
+    router = LoRAMoEHooks(model, n, cfg, warmup_epochs=2)
     true = torch.zeros(n, dtype=torch.long).numpy()
     observed = true.copy()
     observed[:10] = 1  # the first 10 are noisy: the model predicts the true class with confidence
@@ -184,7 +184,7 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
     m = router.epoch_metrics(observed, true)
     assert router.typed and router.types[:10].eq(1).all() and router.types[10:].eq(0).all()
     assert m["moe_typed_noisy"] == 0.25 and mixture.detector_metrics(fit, observed, true)["det_auroc"] == 1.0
-    fresh = LoRAMoERouting(model, n, cfg, warmup_epochs=2)
+    fresh = LoRAMoEHooks(model, n, cfg, warmup_epochs=2)
     fresh.load_state_dict(router.state_dict())
     assert fresh.typed and torch.equal(fresh.types, router.types)
 
@@ -264,7 +264,7 @@ def test_gradients_flow_through_match_dense():
 
 def test_match_routing_statistics():
     model = match_model()
-    router = MatchRouting(model)
+    router = MatchHooks(model)
     model.head.last_mix = torch.tensor([[0.5, 0.3, 0.2],
                                         [0.1, 0.6, 0.3],
                                         [0.2, 0.2, 0.6]])
@@ -293,7 +293,7 @@ def test_balance_sends_every_sample_to_its_group_whatever_its_length():
     mask = (torch.arange(T)[None] < lengths[:, None]).long()
     layer = LoRAMoELinear(Linear(C, 4), n_experts=4, r=2, alpha=4, dropout=0.0)
     x = torch.randn(B, T, C)
-    router = LoRAMoERouting(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=0.1, moe_beta=1.0))
+    router = LoRAMoEHooks(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=0.1, moe_beta=1.0))
     router.types, router.typed = torch.zeros(B, dtype=torch.long), True
     batch = Batch(torch.zeros(B, T, dtype=torch.long), mask, torch.arange(B), torch.zeros(B, dtype=torch.long))
     minimise_balance(layer, router, x, batch)

@@ -15,11 +15,11 @@ import engine
 import methods
 import train
 from data import Batch
-from methods.elr import ELRConfig, ELRRouting
-from methods.filter_retrain import FarRouting, class_normalised
+from methods.elr import ELRConfig, ELRHooks
+from methods.filter_retrain import FarHooks, class_normalised
 from methods.gce import gce_loss
-from methods.selfmix import SelfMixConfig, SelfMixRouting, symmetric_kl
-from methods.small_loss import SmallLossConfig, SmallLossRouting
+from methods.selfmix import SelfMixConfig, SelfMixHooks, symmetric_kl
+from methods.small_loss import SmallLossConfig, SmallLossHooks
 from mixture import DetectorFit, clean_probability, per_sample_loss
 from model import Outputs
 from conftest import tiny_classifier
@@ -50,7 +50,7 @@ def test_gce_is_its_formula_and_tends_to_cross_entropy():
 
 
 def test_elr_targets_average_the_predictions_and_the_term_is_the_paper_s():
-    router = ELRRouting(num_train=5, num_classes=3, cfg=ELRConfig(elr_lambda=3.0, elr_beta=0.7))
+    router = ELRHooks(num_train=5, num_classes=3, cfg=ELRConfig(elr_lambda=3.0, elr_beta=0.7))
     torch.manual_seed(0)
     logits, index = torch.randn(2, 3), torch.tensor([4, 1])
     batch = Batch(None, None, index, torch.tensor([0, 2]))
@@ -64,7 +64,7 @@ def test_elr_targets_average_the_predictions_and_the_term_is_the_paper_s():
 
 
 def test_small_loss_forgets_nothing_first_then_the_estimated_rate_ramped():
-    router = SmallLossRouting(SmallLossConfig(), warmup_epochs=2)
+    router = SmallLossHooks(SmallLossConfig(), warmup_epochs=2)
     logits, labels = torch.tensor([[5.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0, 0, 0])
     batch = Batch(None, None, torch.arange(4), labels)
     per = F.cross_entropy(logits, labels, reduction="none")
@@ -90,7 +90,7 @@ def test_class_normalised_scores_are_z_scores_within_each_observed_class():
 
 def test_far_plans_stages_and_cross_fits_its_scores():
     cfg = methods.get("far").settings(far_rows="relabel", far_folds=2, far_confidence=0.6)
-    router = FarRouting(num_train=8, cfg=cfg, detect_epochs=2, seed=0)
+    router = FarHooks(num_train=8, cfg=cfg, detect_epochs=2, seed=0)
     assert router.stage_starts() == (2, 4)
     observed = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     fold0 = router.epoch_data(0, observed)[1]
@@ -112,7 +112,7 @@ def test_far_plans_stages_and_cross_fits_its_scores():
 
 def test_far_unlabelled_rows_learn_the_stage_one_soft_targets():
     cfg = methods.get("far").settings(far_rows="unlabelled", far_unlabelled_weight=0.5)
-    router = FarRouting(num_train=6, cfg=cfg, detect_epochs=1, seed=0)
+    router = FarHooks(num_train=6, cfg=cfg, detect_epochs=1, seed=0)
     observed = np.array([0, 0, 0, 1, 1, 1])
     logits = np.array([[3, 0], [3, 0], [-3, 3], [0, 3], [0, 3], [3, -3]], dtype=np.float32)  # rows 2, 5 disagree
     router.end_epoch(0, logits, observed, None)
@@ -131,7 +131,7 @@ def test_far_retrains_a_fresh_model_on_the_kept_rows_only(tiny_pretrained_dir, t
     """Through the command line: at the retrain stage the weights are the initial ones again and
     no dropped row reaches a batch."""
     seen, starts = [], []
-    real_loss, real_enter = FarRouting.loss, engine.Stages.enter
+    real_loss, real_enter = FarHooks.loss, engine.Stages.enter
 
     def recording_loss(self, out, batch):
         seen.append((self.keep is not None, batch.index.tolist()))
@@ -143,7 +143,7 @@ def test_far_retrains_a_fresh_model_on_the_kept_rows_only(tiny_pretrained_dir, t
             now = checkpoint.peft_state_dict(self.model)
             starts.append(all(torch.equal(now[k], v) for k, v in self.initial.items()))
         return entered
-    monkeypatch.setattr(FarRouting, "loss", recording_loss)
+    monkeypatch.setattr(FarHooks, "loss", recording_loss)
     monkeypatch.setattr(engine.Stages, "enter", recording_enter)
     summary = train.main(base(tiny_pretrained_dir, tiny_dataset, tmp_path / "far", "--method", "far",
                               "--peft", "lora", "--far_rows", "drop"))
@@ -184,7 +184,7 @@ def test_resume_equals_uninterrupted_run(argv, cut, tiny_pretrained_dir, tiny_da
 
 def test_selfmix_splits_on_class_normalised_losses_of_the_logits():
     model = tiny_classifier(2)
-    router = SelfMixRouting(model, 6, SelfMixConfig(), warmup_epochs=1)
+    router = SelfMixHooks(model, 6, SelfMixConfig(), warmup_epochs=1)
     logits = np.array([[4, 0], [3, 0], [-2, 2], [0, 5], [0, 4], [3, -3]], dtype=np.float32)
     observed = np.array([0, 0, 0, 1, 1, 1])
     router.end_epoch(0, logits, observed, None)
@@ -196,7 +196,7 @@ def test_selfmix_splits_on_class_normalised_losses_of_the_logits():
 def test_selfmix_step_trains_with_or_without_an_unlabelled_part(labelled):
     from contextlib import nullcontext
     model = tiny_classifier(2).train()
-    router = SelfMixRouting(model, 4, SelfMixConfig(), warmup_epochs=1)
+    router = SelfMixHooks(model, 4, SelfMixConfig(), warmup_epochs=1)
     router.labelled = torch.tensor(labelled)
     ids = torch.randint(1000, 2000, (4, 7))
     batch = Batch(ids, torch.ones(4, 7, dtype=torch.long), torch.arange(4), torch.tensor([0, 1, 0, 1]))

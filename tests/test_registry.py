@@ -20,7 +20,8 @@ import data
 import methods
 import noise
 import peft
-import routing
+import settings
+from hooks import Hooks
 import train
 from conftest import TINY_CONFIG, make_text_dataset
 from model import count_params
@@ -53,7 +54,7 @@ class IA3(peft.PeftKind):
     default_lr: ClassVar[float] = 1e-2
     clear_base_rate: ClassVar[float] = 0.85
     param_prefixes: ClassVar[tuple] = ("ia3_",)
-    ia3_targets: str = peft.setting("key,value,ffn_in", "projections whose outputs get a learned scale")
+    ia3_targets: str = settings.setting("key,value,ffn_in", "projections whose outputs get a learned scale")
 
     def inject(self, model):
         for layer in model.encoder.layers:
@@ -72,10 +73,10 @@ class IA3(peft.PeftKind):
 @dataclass
 class CoinConfig:
     """Coin-flip routing (a test's own router)"""
-    coin_p: float = peft.setting(0.5, "probability that a sample's PEFT modules are on in a layer")
+    coin_p: float = settings.setting(0.5, "probability that a sample's PEFT modules are on in a layer")
 
 
-class CoinRouting(routing.Routing):
+class CoinHooks(Hooks):
     """Each sample's PEFT modules of each layer are on with probability p, whatever the sample."""
     draws = []  # (B, L) gates of every step, for the test to inspect
 
@@ -84,7 +85,7 @@ class CoinRouting(routing.Routing):
 
     def gates(self, batch):
         g = torch.bernoulli(torch.full((len(batch.index), self.num_layers), self.p))
-        CoinRouting.draws.append(g)
+        CoinHooks.draws.append(g)
         return g
 
 
@@ -96,10 +97,10 @@ class Coin(methods.Method):
         return kind.standalone and not kind.trains_base
 
     def hooks(self, model, args, num_train):
-        return CoinRouting(args.coin_p, model.encoder.config.num_hidden_layers)
+        return CoinHooks(args.coin_p, model.encoder.config.num_hidden_layers)
 
 
-class SmallLossRouting(routing.Routing):
+class SmallLossHooks(Hooks):
     """Small-loss selection (Han et al. 2018, Co-teaching Sec. 3): train on the 70% of each batch
     with the smallest loss - written as the loss hook alone."""
     kept = []
@@ -107,7 +108,7 @@ class SmallLossRouting(routing.Routing):
     def loss(self, out, batch):
         per_sample = F.cross_entropy(out.logits.float(), batch.label, reduction="none")  # (B,)
         keep = per_sample.argsort()[: max(1, int(0.7 * len(per_sample)))]
-        SmallLossRouting.kept.append((len(keep), len(per_sample)))
+        SmallLossHooks.kept.append((len(keep), len(per_sample)))
         return per_sample[keep].mean(), {}
 
 
@@ -115,7 +116,7 @@ class SmallLoss(methods.Method):
     name, summary = "keep70", "small-loss selection on a PEFT kind (a test's own method)"
 
     def hooks(self, model, args, num_train):
-        return SmallLossRouting()
+        return SmallLossHooks()
 
 
 @pytest.fixture
@@ -144,14 +145,14 @@ def test_new_kind_and_routers_train_through_the_command_line(registered, tiny_pr
                         "--out", str(tmp_path / "clear")])  # CleaR routes the new kind at its base rate
     assert clear["config"]["base_rate"] == IA3.clear_base_rate and clear["det_auroc"] is not None
 
-    CoinRouting.draws.clear()
+    CoinHooks.draws.clear()
     train.main([*base, "--method", "coin", "--peft", "ia3", "--coin_p", "0.25", "--out", str(tmp_path / "coin")])
-    draws = torch.cat(CoinRouting.draws)
+    draws = torch.cat(CoinHooks.draws)
     assert draws.shape == (192, TINY_CONFIG.num_hidden_layers) and 0.1 < draws.mean() < 0.4
 
-    SmallLossRouting.kept.clear()
+    SmallLossHooks.kept.clear()
     train.main([*base, "--method", "keep70", "--peft", "lora", "--out", str(tmp_path / "small")])
-    assert SmallLossRouting.kept and all(k < n or n == 1 for k, n in SmallLossRouting.kept)
+    assert SmallLossHooks.kept and all(k < n or n == 1 for k, n in SmallLossHooks.kept)
 
 
 def test_a_router_cannot_sit_on_a_kind_it_does_not_allow(registered, capsys):
@@ -172,17 +173,17 @@ TWO_VIEWS_FILE = '''
 import torch.nn.functional as F
 
 import methods
-from routing import Routing
+from hooks import Hooks
 
 
-class TwoViewsRouting(Routing):
+class TwoViewsHooks(Hooks):
     forwards = 0  # forward passes made, for the test
 
     def step_loss(self, forward, batch, autocast):
         with autocast():
             a = forward(batch.input_ids, batch.attention_mask, with_features=True)
             b = forward(batch.input_ids, batch.attention_mask, with_features=True)
-        TwoViewsRouting.forwards += 2
+        TwoViewsHooks.forwards += 2
         la, lb = F.log_softmax(a.logits.float(), -1), F.log_softmax(b.logits.float(), -1)
         kl = 0.5 * ((la.exp() * (la - lb)).sum(-1) + (lb.exp() * (lb - la)).sum(-1)).mean()
         ce = 0.5 * (F.cross_entropy(a.logits.float(), batch.label) + F.cross_entropy(b.logits.float(), batch.label))
@@ -194,7 +195,7 @@ class TwoViews(methods.Method):
     name, summary = "twoviews", "R-Drop: two dropout views, CE on both + their symmetric KL (a student's file)"
 
     def hooks(self, model, args, num_train):
-        return TwoViewsRouting()
+        return TwoViewsHooks()
 '''
 
 
@@ -222,7 +223,7 @@ def test_a_method_file_outside_methods_trains_resumes_and_predicts(tiny_pretrain
         summary = train.main([*argv, "--resume"])
         metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
         assert [m["epoch"] for m in metrics] == [1, 2] and all(m["train_kl"] >= 0 for m in metrics)
-        assert student_two_views.TwoViewsRouting.forwards == 2 * 2 * 11  # 2 epochs x 11 batches x 2 passes
+        assert student_two_views.TwoViewsHooks.forwards == 2 * 2 * 11  # 2 epochs x 11 batches x 2 passes
         assert summary["config"]["method_module"] == "student_two_views"
         env = {**os.environ, "PYTHONPATH": str(tmp_path)}
         done = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), str(out), "a great film"],
@@ -249,7 +250,7 @@ def test_every_method_builds_with_its_closed_form_parameter_count(argv, tiny_mod
     assert count_params(model)[0] == kind.trainable_params(TINY_CONFIG, 3) + method.extra_params(TINY_CONFIG)
     assert isinstance(method.label(vars(args)), str)
     hooks = train.build_hooks(args, model, 10)
-    assert isinstance(hooks, routing.Routing)
+    assert isinstance(hooks, Hooks)
 
 
 # ---------------------------------------------------------------------------- no peeking at true labels

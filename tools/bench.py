@@ -49,7 +49,7 @@ import data  # noqa: E402
 import engine  # noqa: E402
 import methods  # noqa: E402
 import peft  # noqa: E402  ours; hf_step swaps in the peft package of the same name in its own subprocess
-import routing  # noqa: E402
+from hooks import Hooks  # noqa: E402
 import speedups  # noqa: E402
 import train  # noqa: E402
 from mixture import LossDetector  # noqa: E402
@@ -193,7 +193,7 @@ def hf_step(a, autocast, batch, compiled, lora=True):
     def forward(input_ids, attention_mask, gates=None):
         return head(encode(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
     targs = train.parse_args(["--method", "lora" if lora else "full"])  # same AdamW groups + schedule
-    return make_step(model, forward, routing.Routing(), targs, batch, autocast)
+    return make_step(model, forward, Hooks(), targs, batch, autocast)
 
 
 def lora_infer(a, device, autocast, sync):

@@ -1,5 +1,5 @@
 """
-The hooks through which a training method changes plain training (`Routing`), used by
+The hooks through which a training method changes plain training (`Hooks`), used by
 engine.py and train.py; each method's registry entry (methods/) builds its own. Three
 routing ideas for learning with noisy labels implement them, one file each:
 - clear.py: CleaR routes *samples* to PEFT modules - each sample passes through them only
@@ -15,7 +15,7 @@ two dropout views, mixup of [CLS] features), stages and per-epoch training data
 (filter_retrain.py: a warm-up detector, then a fresh model on the kept rows).
 
 Usage (train.py makes the hooks, engine.train_step calls them):
-    hooks = methods.get(args.method).hooks(model, args, num_train)   # e.g. clear.ClearRouting
+    hooks = methods.get(args.method).hooks(model, args, num_train)   # e.g. clear.ClearHooks
     loss, extra = hooks.step_loss(model, batch, autocast)            # what one optimizer step minimises
     # which by default is:
     out = model(batch.input_ids, batch.attention_mask, gates=hooks.gates(batch), with_features=True)
@@ -28,11 +28,7 @@ import torch
 import torch.nn.functional as F
 
 
-class RoutingError(ValueError):
-    """An impossible routing setting (base rate, temperature, expert count, ...)."""
-
-
-class Routing:
+class Hooks:
     """The hooks of a training method; this base class is plain training.
 
         gates(batch)                    -> (B, L) per-sample, per-layer PEFT gates, or None (all on)

@@ -8,7 +8,6 @@ import torch
 
 import clear
 import mixture
-import routing
 import train
 from data import Batch
 from model import Outputs
@@ -49,7 +48,7 @@ def test_auroc_equals_pairwise_definition():
 
 
 def make_router(n=6, layers=3, base_rate=0.8, warmup_epochs=3, clear_eval="expected", **kw):
-    return clear.ClearRouting(n, layers, clear.ClearConfig(base_rate=base_rate, clear_eval=clear_eval, **kw),
+    return clear.ClearHooks(n, layers, clear.ClearConfig(base_rate=base_rate, clear_eval=clear_eval, **kw),
                                 warmup_epochs=warmup_epochs)
 
 
