@@ -14,17 +14,17 @@ killed run never leaves half a file.
 Usage:
     save_peft(model, "runs/x", extra={"class_names": names}); load_peft(fresh_model, "runs/x")
     ckpt = prepare_out_dir(out, resume, overwrite, config)   # None, or the state to resume from
-    save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, detector, wall_s)
+    save_training_state(out, config, progress, model, stage, hooks, detector)   # progress: a Progress
 """
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from peft import KINDS, LoRALinear, is_peft_param, kind_config
+from peft import KINDS, is_peft_param, kind_config
 
 WEIGHTS_NAME, CONFIG_NAME = "peft.safetensors", "peft_config.json"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -128,8 +128,9 @@ def load_peft(model, out_dir):
         diffs.append(f"num_classes={saved['num_classes']} in the file but {model.head.out_features} in the model")
     if diffs:
         raise CheckpointError(f"{cpath}: settings differ: " + "; ".join(diffs))
-    if any(m.merged for m in model.modules() if isinstance(m, LoRALinear)):
-        raise CheckpointError("cannot load into a model whose LoRA is merged; call unmerge_lora(model) first")
+    if any(getattr(m, "merged", False) for m in model.modules()):  # a PEFT module folded into its base weight
+        raise CheckpointError("cannot load into a model whose PEFT weights are merged; unmerge them first "
+                              "(peft.unmerge_lora(model))")
     if not os.path.isfile(wpath):
         raise CheckpointError(f"{wpath}: not found")
     try:
@@ -229,8 +230,8 @@ def prepare_out_dir(out, resume, overwrite, config, ignored=()):
         if diff:
             raise CheckpointError(f"--resume: settings differ from the checkpoint's (old, new): {diff}")
         return state
-    files = (CHECKPOINT_NAME, "checkpoint.pt", "summary.json", "metrics.jsonl")
-    if any(os.path.exists(os.path.join(out, f)) for f in files[:3]) and not overwrite:
+    files = (CHECKPOINT_NAME, "summary.json", "metrics.jsonl")
+    if any(os.path.exists(os.path.join(out, f)) for f in files[:2]) and not overwrite:
         raise CheckpointError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
     os.makedirs(out, exist_ok=True)
     for f in files:
@@ -239,25 +240,40 @@ def prepare_out_dir(out, resume, overwrite, config, ignored=()):
     return None
 
 
-def save_training_state(out, config, epoch, history, sample_losses, model, opt, sched, hooks, detector, wall_s):
-    """Everything --resume needs after `epoch`, in out/checkpoint.safetensors."""
+@dataclass
+class Progress:
+    """Where a run stands: the metrics of its finished epochs, each epoch's per-sample losses, the
+    next epoch to run and the wall seconds so far - what --resume restores beside the tensors."""
+    history: list = field(default_factory=list)        # one metrics dict per finished epoch
+    sample_losses: list = field(default_factory=list)  # one (N,) array per finished epoch
+    next_epoch: int = 0
+    wall_s: float = 0.0
+
+
+def save_training_state(out, config, progress, model, stage, hooks, detector):
+    """Everything --resume needs after progress.next_epoch - 1, in out/checkpoint.safetensors. stage:
+    engine.Stages (its optimizer and schedule); hooks: the method's; detector: mixture.LossDetector."""
     save_state(os.path.join(out, CHECKPOINT_NAME), {
-        "config": config, "epoch": epoch, "history": history, "sample_losses": sample_losses,
+        "config": config, "epoch": progress.next_epoch - 1, "history": progress.history,
+        "sample_losses": progress.sample_losses,
         "trainable": peft_state_dict(model),  # the PEFT tensors + head, frozen ones too (--clear_freeze)
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-        "hooks": hooks.state_dict(), "detector": detector.state_dict(), "wall_s": wall_s})
+        "optimizer": stage.opt.state_dict(), "scheduler": stage.sched.state_dict(),
+        "torch_rng": torch.get_rng_state(), "hooks": hooks.state_dict(), "detector": detector.state_dict(),
+        "wall_s": progress.wall_s})
 
 
 def restore(state, model, hooks, detector):
-    """(history, per-epoch sample losses, first epoch to run, wall seconds so far); a fresh start for None.
-    The optimizer follows with restore_optimizer, once the run has built the one of the resumed stage."""
+    """The Progress of a checkpoint's run, its tensors loaded into model, hooks and detector; a fresh
+    Progress for None. The optimizer follows with restore_optimizer, once the run has built the one of
+    the resumed stage."""
     if state is None:
-        return [], [], 0, 0.0
+        return Progress()
     model.load_state_dict(state["trainable"], strict=False)
     torch.set_rng_state(state["torch_rng"])
     hooks.load_state_dict(state["hooks"])
     detector.load_state_dict({k: None if v is None else v.numpy() for k, v in state["detector"].items()})
-    return state["history"], [t.numpy() for t in state["sample_losses"]], state["epoch"] + 1, state["wall_s"]
+    return Progress(state["history"], [t.numpy() for t in state["sample_losses"]], state["epoch"] + 1,
+                    state["wall_s"])
 
 
 def restore_optimizer(state, opt, sched):

@@ -54,6 +54,12 @@ def barrier():
         dist.barrier()
 
 
+def rank_seed(seed, epoch, rank):
+    """The torch seed of one rank's epoch: distinct for every (seed, epoch, rank) of a run, so each rank
+    draws its own dropout masks and gates (two primes spread the three numbers apart)."""
+    return seed * 100_003 + epoch * 1_009 + rank
+
+
 def shard(batches, rank, world):
     """This rank's disjoint share of a list of batches, the same count on every rank."""
     if world == 1:

@@ -11,11 +11,13 @@ only (data.Batch).
 
 Usage:
     opt, sched = build_optimizer(model, lr=2e-3, weight_decay=0.01, warmup_ratio=0.1, total_steps=600)
-    stats = train_epoch(model, model, hooks, batches, opt, sched, grad_clip=1.0, autocast=nullcontext,
-                        device=torch.device("cpu"))   # forward = the model, or its DDP wrapper
+    loss, extra = train_step(Step(model, hooks), batch, opt, sched, params=list(model.parameters()))
+    stats = train_epoch(model, Step(model, hooks), stage, batches, torch.device("cpu"))  # stage: a Stages
 """
 
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,9 +48,9 @@ def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overr
             own = [v for k, v in (lr_overrides or {}).items() if name.startswith(k)]
             key = (own[0] if own else lr, 0.0 if p.dim() < 2 else weight_decay)
             groups.setdefault(key, []).append(p)
-    order = sorted(groups, key=lambda k: (k[0] != lr, k[1] == 0.0))  # the plain lr's decay group first, as before
+    order = sorted(groups, key=lambda k: (k[0] != lr, k[1] == 0.0))  # the plain lr's decay group first
     groups = [{"params": groups[k], "lr": k[0], "weight_decay": k[1]} for k in order]
-    try:  # one fused kernel for the whole update: ~5x faster optimizer step on this CPU (torch >= 2.4)
+    try:  # one fused kernel for the whole update (torch >= 2.4; docs/speed.md)
         opt = torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         opt = torch.optim.AdamW(groups, lr=lr)
@@ -56,38 +58,50 @@ def build_optimizer(model, lr, weight_decay, warmup_ratio, total_steps, lr_overr
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps, schedule))
 
 
-def train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast):
-    """One optimizer step on one batch: the method's step_loss (Hooks: its gates, forward
-    passes and loss on the model outputs) -> backward -> clipping -> AdamW -> scheduler. forward: the
-    model (DDP-wrapped under torchrun); params: the trainable parameters (clipped together).
-    Returns (loss, {extra term: value})."""
-    loss, extra = hooks.step_loss(forward, batch, autocast)
+@dataclass
+class Step:
+    """What every optimizer step needs beside its batch and optimizer. step_model: what the step calls
+    (the model, wrapped in DistributedDataParallel under torchrun); hooks: the method's (hooks.Hooks)."""
+    step_model: torch.nn.Module
+    hooks: object
+    grad_clip: float = 1.0  # max gradient norm over the trainable parameters (0 = off)
+    autocast: object = nullcontext
+
+
+def train_step(step, batch, opt, sched, params):
+    """One optimizer step on one batch: the method's step_loss (hooks.Hooks: its gates, forward
+    passes and loss on the model outputs) -> backward -> clipping -> AdamW -> scheduler.
+    params: the trainable parameters (clipped together). Returns (loss, {extra term: value})."""
+    loss, extra = step.hooks.step_loss(step.step_model, batch, step.autocast)
     extra = {k: v.item() for k, v in extra.items()}
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if step.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, step.grad_clip)
     opt.step()
     sched.step()
     return loss.item(), extra
 
 
-def train_epoch(forward, model, hooks, batches, opt, sched, grad_clip, autocast, device, steps=None,
-                bar_desc=None):
-    """train_step over every batch (model in train mode). steps: the number of batches (for the
-    bar); bar_desc: a tqdm bar with this title, or None for none. Returns {"train_loss", "train_<extra>"...: means over steps (and ranks),
-    "train_pass_s": seconds}."""
+LOSS_SHOWN_OVER = 20  # the progress bar shows the mean loss of the last this many steps
+
+
+def train_epoch(model, step, stage, batches, device, bar=None):
+    """train_step over every batch (model in train mode) with the stage's optimizer and schedule
+    (Stages). bar: (title, number of batches) of a tqdm bar, or None for none. Returns
+    {"train_loss", "train_<extra>"...: means over steps (and ranks), "train_pass_s": seconds}."""
     model.train()
     t0, losses, extra_sums = time.time(), [], {}
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(batches, total=steps, desc=bar_desc, leave=False, disable=bar_desc is None)
-    for batch in bar:
+    title, total = bar or (None, None)
+    progress = tqdm(batches, total=total, desc=title, leave=False, disable=bar is None)
+    for batch in progress:
         batch = type(batch)(*(t.to(device) for t in batch))
-        loss, extra = train_step(forward, hooks, batch, opt, sched, params, grad_clip, autocast)
+        loss, extra = train_step(step, batch, stage.opt, stage.sched, params)
         for k, v in extra.items():
             extra_sums[k] = extra_sums.get(k, 0.0) + v
         losses.append(loss)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        progress.set_postfix(loss=f"{np.mean(losses[-LOSS_SHOWN_OVER:]):.3f}")
     return {"train_loss": dist.mean(np.mean(losses), device),
             **{f"train_{k}": dist.mean(v / len(losses), device) for k, v in extra_sums.items()},
             "train_pass_s": time.time() - t0}

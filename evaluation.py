@@ -8,6 +8,9 @@ each truly noisy training sample, is the prediction the noisy label (memorised),
 label (corrected) or something else?
 """
 
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -19,10 +22,10 @@ from mixture import detector_metrics
 from model import mean_pool
 
 
-def folds(model, hooks):
+def can_fold(model, hooks):
     """Can the evaluation passes run on the model folded into plain weights (export.fold_model:
-    LoRA, BitFit; the same logits to ~1e-6 without the low-rank branches, a 1.2x (fp32) to 1.5x
-    (bf16) cheaper pass, tools/bench.py)? Asked once, before training."""
+    LoRA, BitFit; the same logits to ~1e-6 without the low-rank branches, a cheaper pass: a speed
+    path, docs/speed.md)? Asked once, before training."""
     try:
         export.fold_model(model, hooks)
         return True
@@ -31,43 +34,71 @@ def folds(model, hooks):
 
 
 def evaluation_model(model, hooks, fold):
-    """The model the evaluation passes run this epoch: folded afresh (fold = folds(...)), or itself."""
+    """The model the evaluation passes run this epoch: folded afresh (fold = can_fold(...)), or itself."""
     return export.fold_model(model, hooks) if fold else model
 
 
-@torch.no_grad()
-def predict(model, token_ids, batch_size, device, autocast, hooks, pad_to=None, rank=0, world=1):
-    """Logits (N, K) as a float32 numpy array, in example order; model in eval mode, gated by
-    hooks.eval_gates (Hooks). Under torchrun each rank predicts every world-th batch and the rows are gathered (dist.py)."""
-    model.eval()
-    generator = torch.Generator().manual_seed(rank)  # evaluation gates repeat exactly
-    out, filled = None, np.zeros(len(token_ids), dtype=bool)
-    by_length = np.argsort([len(t) for t in token_ids], kind="stable")[rank::world]  # this rank's examples
-    for start in range(0, len(by_length), batch_size):
-        idx = by_length[start:start + batch_size]
-        filled[idx] = True
-        ids, mask = data.collate(token_ids, idx, pad_to=pad_to)
-        gates = hooks.eval_gates(len(idx), device, generator)
-        with autocast():
-            logits = model(ids.to(device), mask.to(device), gates=gates).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    return dist.gather_rows(out, filled, device)
+@dataclass
+class Evaluator:
+    """How evaluation passes run: batch size, device, autocast, the method's evaluation gates
+    (hooks.eval_gates), padding (None: to the batch's longest), and this rank of `world`."""
+    batch_size: int
+    device: torch.device
+    autocast: object = nullcontext
+    hooks: object = None  # a hooks.Hooks; None: no gates
+    pad_to: int | None = None
+    rank: int = 0
+    world: int = 1
+
+    @torch.no_grad()
+    def logits(self, model, token_ids):
+        """Logits (N, K) as a float32 numpy array, in example order; model in eval mode. Under torchrun
+        each rank predicts every world-th batch and the rows are gathered (dist.py)."""
+        model.eval()
+        generator = torch.Generator().manual_seed(self.rank)  # evaluation gates repeat exactly
+        out, filled = None, np.zeros(len(token_ids), dtype=bool)
+        by_length = np.argsort([len(t) for t in token_ids], kind="stable")[self.rank::self.world]  # this rank's
+        for start in range(0, len(by_length), self.batch_size):
+            idx = by_length[start:start + self.batch_size]
+            filled[idx] = True
+            ids, mask = data.collate(token_ids, idx, pad_to=self.pad_to)
+            gates = None if self.hooks is None else self.hooks.eval_gates(len(idx), self.device, generator)
+            with self.autocast():
+                logits = model(ids.to(self.device), mask.to(self.device), gates=gates).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
+        return dist.gather_rows(out, filled, self.device)
 
 
-def epoch_metrics(test_logits, test_labels, train_logits, observed, true, hooks, fit,
-                  val_pred=None, val_true=None, val_observed=None):
-    """Test accuracy, NLL and calibration error (calibration.py); accuracy on the noisy validation split against its observed labels (val_acc,
-    the figure a user can select with) and against its true ones; memorisation on the training
-    set; the clean-sample detector's separation (fit: this epoch's mixture.DetectorFit) and the
-    method's own metrics (hooks.epoch_metrics): everything that is scored against true labels."""
-    has_val = val_pred is not None
-    return {"test_acc": float((test_logits.argmax(1) == test_labels).mean()),
-            **calibration_metrics(test_logits, test_labels),
-            "val_acc": float((val_pred == val_observed).mean()) if has_val else None,
-            "val_true_acc": float((val_pred == val_true).mean()) if has_val else None,
-            **memorisation(train_logits.argmax(1), observed, true), **detector_metrics(fit, observed, true),
+@dataclass
+class EpochPasses:
+    """One epoch's evaluation passes: logits of the test split and of the training rows, and the
+    predicted labels of the noisy validation rows (None without a validation split)."""
+    test_logits: np.ndarray   # (N_test, K)
+    train_logits: np.ndarray  # (N_train, K)
+    val_pred: np.ndarray | None = None  # (N_val,)
+
+
+def run_passes(evaluator, model, split):
+    """The passes an epoch needs (EpochPasses) - one over each split, serving every metric."""
+    test, train = evaluator.logits(model, split.test_ids), evaluator.logits(model, split.train.ids)
+    return EpochPasses(test, train, evaluator.logits(model, split.val.ids).argmax(1) if len(split.val.ids) else None)
+
+
+def epoch_metrics(passes, split, test_labels, hooks, fit):
+    """Test accuracy, NLL and calibration error (calibration.py); accuracy on the noisy validation split
+    against its observed labels (val_acc, the figure a user can select with) and against its true ones;
+    memorisation on the training set; the clean-sample detector's separation (fit: this epoch's
+    mixture.DetectorFit) and the method's own metrics (hooks.epoch_metrics): everything scored against
+    true labels. split: noisy_split.NoisySplit."""
+    observed, true, val = split.train.observed, split.train.true, split.val
+    has_val = passes.val_pred is not None
+    return {"test_acc": float((passes.test_logits.argmax(1) == test_labels).mean()),
+            **calibration_metrics(passes.test_logits, test_labels),
+            "val_acc": float((passes.val_pred == val.observed).mean()) if has_val else None,
+            "val_true_acc": float((passes.val_pred == val.true).mean()) if has_val else None,
+            **memorisation(passes.train_logits.argmax(1), observed, true), **detector_metrics(fit, observed, true),
             **hooks.epoch_metrics(observed, true)}
 
 

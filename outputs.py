@@ -13,12 +13,18 @@ matrices and the reliability diagram: `python tools/report.py --run DIR`.
 """
 
 import os
+from dataclasses import dataclass
+
+import numpy as np
 
 import label_issues
 import noise
 from calibration import reliability_bins
 from checkpoint import write_json
 from mixture import auroc, looks_clean
+
+
+MATRIX_PRINTED_UP_TO = 8  # classes: the noise matrices are printed in the log up to this many (always saved)
 
 
 def _matrix_text(counts, names, title):
@@ -30,21 +36,32 @@ def _matrix_text(counts, names, title):
     return lines
 
 
-def write_run_outputs(out, log, class_names, train, noise_all, train_logits, fit, loss_history, ema,
-                      test_logits, test_labels, has_truth):
-    """Write the files above into `out`; returns their summary figures.
+@dataclass
+class FinalState:
+    """What a run ends with: its last evaluation passes (evaluation.EpochPasses; train_logits may be
+    out-of-sample logits of a method without epochs), the detector's last fit (mixture.DetectorFit),
+    every epoch's per-sample losses (E, N) and the EMA weight the detector smoothed them with."""
+    passes: object
+    fit: object
+    loss_history: np.ndarray
+    loss_ema: float
 
-    train:      (rows, texts, observed, true) of the examples trained on (validation share excluded)
-    noise_all:  (rows, true, observed) of the whole training split, as the noise was drawn on it
-    fit:        the last epoch's mixture.DetectorFit; loss_history: (E, N) per-epoch losses
-    has_truth:  the true labels are known (synthetic noise or a given noise file), so score against them
-    """
-    rows, texts, observed, true = train
+
+def write_run_outputs(out, ds, split, final, log):
+    """Write the files above into `out`; returns their summary figures. ds: the data.TextData the run
+    loaded; split: its noisy_split.NoisySplit (the rows trained on, the noise as drawn on the whole
+    training split, whether the true labels are known); final: a FinalState."""
+    keep = split.in_train
+    rows, texts = ds.train.rows[keep], [t for t, k in zip(ds.train.texts, keep) if k]
+    observed, true, has_truth = split.train.observed, split.train.true, split.has_truth
+    class_names, train_logits, fit = ds.class_names, final.passes.train_logits, final.fit
+    test_logits, test_labels = final.passes.test_logits, ds.test.labels
     K = len(class_names)
-    scores = label_issues.suspicion(loss_history, label_issues.DEFAULT_SCORE, ema)
+    scores = label_issues.suspicion(final.loss_history, label_issues.DEFAULT_SCORE, final.loss_ema)
     label_issues.write_label_issues(os.path.join(out, "label_issues.csv"), rows, texts, observed, train_logits,
                                     fit.clean_prob, scores, class_names, label_issues.DEFAULT_SCORE)
-    noise.write_noisy_labels(os.path.join(out, "noisy_labels.csv"), *noise_all, class_names)
+    noise.write_noisy_labels(os.path.join(out, "noisy_labels.csv"), ds.train.rows, ds.train.labels,
+                             split.observed_all, class_names)
     realised = noise.noise_report(true, observed, K)["transition_counts"] if has_truth else None
     estimated = label_issues.confident_joint(train_logits, observed, K).tolist()
     write_json(os.path.join(out, "noise_matrix.json"),
@@ -61,7 +78,7 @@ def write_run_outputs(out, log, class_names, train, noise_all, train_logits, fit
         + (f" (ranking AUROC {summary['issues_auroc']:.3f}, flag precision "
            f"{summary['issues_precision'] or 0:.3f}, recall {summary['issues_recall'] or 0:.3f})"
            if has_truth and summary["issues_auroc"] is not None else ""))
-    if K <= 8:
+    if K <= MATRIX_PRINTED_UP_TO:
         if realised is not None:
             for line in _matrix_text(realised, class_names, "noise: realised counts (true x observed)"):
                 log(line)

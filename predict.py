@@ -27,7 +27,7 @@ import export
 import train
 from hooks import Hooks
 from calibration import softmax
-from evaluation import predict
+from evaluation import Evaluator
 
 
 class InputError(ValueError):
@@ -80,10 +80,10 @@ def load_predictor(path, device):
 
 
 def classify(model, tokenizer, hooks, texts, max_len, batch_size, device, precision="auto"):
-    """(N, K) class probabilities of `texts`, batched by length (evaluation.predict)."""
+    """(N, K) class probabilities of `texts`, batched by length (evaluation.Evaluator)."""
     dev, autocast = train.pick_device(device, precision)
     ids = data.encode(tokenizer, texts, max_len)
-    return softmax(predict(model.to(dev), ids, batch_size, dev, autocast, hooks))
+    return softmax(Evaluator(batch_size, dev, autocast, hooks).logits(model.to(dev), ids))
 
 
 def write_predictions(path, texts, probs, names):

@@ -34,7 +34,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,9 +43,10 @@ import methods
 import outputs
 from calibration import calibration_metrics, softmax
 from checkpoint import prepare_out_dir, write_json
-from evaluation import memorisation, sentence_embeddings
+from evaluation import EpochPasses, memorisation, sentence_embeddings
 from label_issues import confident_joint
 from mixture import DetectorFit, auroc
+from noisy_split import make_noisy_split
 from settings import SettingError, setting
 
 
@@ -150,10 +150,11 @@ def run(args):
                         max_test=args.max_test)
     encoder, tokenizer = train.load_pretrained(args.model)
     prepare_out_dir(args.out, False, args.overwrite, vars(args))
-    (train_ids, true, observed), val, test_ids, report, (observed_all, in_train) = \
-        train.noisy_split(args, ds, SimpleNamespace(encoder=encoder), tokenizer, device, print)
+    split = make_noisy_split(args, ds, encoder, tokenizer, device, print)
+    (train_ids, true, observed), val = (split.train.ids, split.train.true, split.train.observed), split.val
+    test_ids, report = split.test_ids, split.report
     embed = lambda ids: sentence_embeddings(encoder.to(device), ids, args.eval_batch_size, device)
-    X, X_val, X_test = embed(train_ids), embed(val[0]) if len(val[0]) else None, embed(test_ids)
+    X, X_val, X_test = embed(train_ids), embed(val.ids) if len(val.ids) else None, embed(test_ids)
     mean, std = X.mean(0), X.std(0) + 1e-6
     X, X_test = (X - mean) / std, (X_test - mean) / std
     K, grid = len(ds.class_names), [float(c) for c in cfg.cl_c_grid.split(",")]
@@ -161,7 +162,7 @@ def run(args):
         C, val_accs = grid[len(grid) // 2], {}
         print(f"practitioner: no validation split, C = {C:g} (the middle of --cl_c_grid)")
     else:
-        C, val_accs = choose_c(X, observed, (X_val - mean) / std, val[2], K, grid, cfg.cl_max_iter)
+        C, val_accs = choose_c(X, observed, (X_val - mean) / std, val.observed, K, grid, cfg.cl_max_iter)
         accs = ", ".join(f"{c:g}: {a:.3f}" for c, a in val_accs.items())
         print(f"practitioner: C = {C:g} chosen on noisy validation ({accs})")
     oos = cross_fit(X, observed, K, C, cfg.cl_folds, args.seed, cfg.cl_max_iter)  # (N, K) logits
@@ -169,13 +170,14 @@ def run(args):
     plain = fit_logreg(X, observed, K, C, cfg.cl_max_iter)
     params = fit_logreg(X[~flagged], observed[~flagged], K, C, cfg.cl_max_iter)
     test_logits, train_logits = logreg_logits(params, X_test), logreg_logits(params, X)
-    val_acc = None if X_val is None else float((logreg_logits(params, (X_val - mean) / std).argmax(1) == val[2]).mean())
+    val_acc = None if X_val is None else float((logreg_logits(params, (X_val - mean) / std).argmax(1)
+                                                == val.observed).mean())
     oos_loss = -np.log(np.clip(softmax(oos)[np.arange(len(observed)), observed], 1e-12, None))
     clean = observed == true
     test_acc = float((test_logits.argmax(1) == ds.test.labels).mean())
     m = {"epoch": 1, "test_acc": test_acc, **calibration_metrics(test_logits, ds.test.labels), "val_acc": val_acc,
          "val_true_acc": None if X_val is None else
-         float((logreg_logits(params, (X_val - mean) / std).argmax(1) == val[1]).mean()),
+         float((logreg_logits(params, (X_val - mean) / std).argmax(1) == val.true).mean()),
          **memorisation(train_logits.argmax(1), observed, true),
          "det_auroc": auroc(-oos_loss, clean), "det_auroc_loss": auroc(-oos_loss, clean),
          "cl_flagged": float(flagged.mean()),
@@ -186,11 +188,8 @@ def run(args):
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:
         f.write(json.dumps(m) + "\n")
     fit = DetectorFit(oos_loss, oos_loss, np.where(flagged, 0.0, 1.0), None)  # the CL flag has no probability
-    train_part = (ds.train.rows[in_train], [t for t, v in zip(ds.train.texts, in_train) if v], observed, true)
-    issues = outputs.write_run_outputs(args.out, print, ds.class_names, train_part,
-                                       (ds.train.rows, ds.train.labels, observed_all), oos, fit, oos_loss[None],
-                                       0.0, test_logits, ds.test.labels,
-                                       has_truth=args.noise != "none" or bool(args.noisy_labels))
+    final = outputs.FinalState(EpochPasses(test_logits, oos), fit, oos_loss[None], 0.0)  # out-of-sample logits
+    issues = outputs.write_run_outputs(args.out, ds, split, final, print)
     summary = {"selected_test_acc": test_acc if val_acc is not None else None,
                "selected_epoch": 1 if val_acc is not None else None, "selected_val_acc": val_acc,
                "best_test_acc": test_acc, "best_epoch": 1, "last_test_acc": test_acc,

@@ -37,10 +37,10 @@ def one_thread():
 def fp32_by_default():
     """Parity and equivalence are asked of fp32: --precision auto means fp32 in the tests (in this
     process; a train.py subprocess picks as a user's run does). bf16 runs are tested by name."""
-    import train
-    before, train.CPU_AUTO_PRECISION = train.CPU_AUTO_PRECISION, "fp32"
+    import hardware
+    before, hardware.CPU_AUTO_PRECISION = hardware.CPU_AUTO_PRECISION, "fp32"
     yield
-    train.CPU_AUTO_PRECISION = before
+    hardware.CPU_AUTO_PRECISION = before
 
 
 def make_model_dir(path, cfg=TINY_CONFIG, seed=0, encoder=None):

@@ -41,7 +41,7 @@ def test_two_rank_clear_run_gathers_every_example_once(tiny_pretrained_dir, tiny
     checkpoint.load_peft(model, str(out))
     router = train.build_hooks(cfg, model, len(ds.train.labels))
     ids = data.encode(tokenizer, ds.train.texts, cfg.max_len)
-    logits = evaluation.predict(model, ids, 64, torch.device("cpu"), nullcontext, router)
+    logits = evaluation.Evaluator(64, torch.device("cpu"), nullcontext, router).logits(model, ids)
     saved = np.load(out / "per_sample.npz")
     want = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(saved["observed"]), reduction="none").numpy()
     assert saved["loss"].shape == (2, len(ids))

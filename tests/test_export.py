@@ -35,10 +35,9 @@ def built(tiny_model_dir, *flags, num_classes=3, seed=0):
 
 
 def logits_of(model, tokenizer, hooks, texts=TEXTS):
-    from evaluation import predict as run_predict
     from contextlib import nullcontext
     ids = data.encode(tokenizer, texts, 32)
-    return torch.tensor(run_predict(model, ids, 8, torch.device("cpu"), nullcontext, hooks))
+    return torch.tensor(evaluation.Evaluator(8, torch.device("cpu"), nullcontext, hooks).logits(model, ids))
 
 
 FOLDABLE = [("--method", "full"), ("--method", "probe"), ("--method", "lora"), ("--method", "lora", "--lora_targets", "all-linear"),
@@ -50,7 +49,7 @@ FOLDABLE = [("--method", "full"), ("--method", "probe"), ("--method", "lora"), (
 def test_fold_and_export_reproduce_the_logits(tiny_model_dir, tmp_path, flags):
     model, tokenizer, hooks = built(tiny_model_dir, *flags)
     before = logits_of(model, tokenizer, hooks)
-    assert evaluation.folds(model, hooks)  # train.py's evaluation passes run folded
+    assert evaluation.can_fold(model, hooks)  # train.py's evaluation passes run folded
     plain = export.fold_model(model, hooks)
     assert not any(peft.is_peft_param(n) and not n.startswith("head.") for n, _ in plain.named_parameters())
     folded = logits_of(plain, tokenizer, Hooks())
@@ -92,7 +91,7 @@ def test_what_cannot_fold_says_why(tiny_model_dir, flags, fragment):
     model, _, hooks = built(tiny_model_dir, *flags)
     with pytest.raises(export.ExportError, match=fragment):
         export.fold_model(model, hooks)
-    assert not evaluation.folds(model, hooks) and evaluation.evaluation_model(model, hooks, False) is model
+    assert not evaluation.can_fold(model, hooks) and evaluation.evaluation_model(model, hooks, False) is model
 
 
 def test_load_exported_rejects_other_folders(tiny_model_dir, tmp_path):

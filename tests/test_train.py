@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import checkpoint
+import hardware
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,9 +186,9 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
     """--precision auto: bf16 where the CPU multiplies bf16 natively (measured faster at the same
     accuracy, results/precision), fp32 where it would be emulated; a named precision is kept."""
     cpu = __import__("torch").device("cpu")
-    monkeypatch.setattr(train, "CPU_AUTO_PRECISION", "bf16")
+    monkeypatch.setattr(hardware, "CPU_AUTO_PRECISION", "bf16")
     for native, want in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
         assert train.resolve_precision(cpu, "auto") == want
         assert train.resolve_precision(cpu, "fp32") == "fp32" and train.resolve_precision(cpu, "bf16") == "bf16"
     assert isinstance(train.cpu_has_native_bf16(), bool)

@@ -1,0 +1,171 @@
+"""
+train.py's settings: every flag is a field of one of the dataclasses below (a comment per
+field: its --help line), or of a PEFT kind's (peft/) or a method's (methods/) settings. The
+parser is generated from them (settings.add_flags), so a new setting is one line here or in
+its kind's or method's file. finalize() then fills the defaults that depend on other flags and
+checks every value that needs no file, so an impossible run stops before anything is loaded.
+
+Usage:
+    args = parse_args(["--method", "clear", "--max_train", "2000"])  # an argparse.Namespace
+    args.lr, args.out   # the PEFT kind's learning rate; runs/mr-clear-lora-sym0.2-s0
+"""
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+import data
+import methods
+import noise
+import peft
+from settings import add_flags, setting
+
+
+class RunError(RuntimeError):
+    """A run that cannot start as asked (settings, output directory, resume mismatch)."""
+
+
+NOISE_HELP = ("sym flips exactly a share r of the labels to another class; sym-incl (the CleaR code's) redraws r of "
+              "them from all K classes, so only r(K-1)/K change - r/2 on two classes; asym i -> i+1 with probability "
+              "r; idn per-sample rates (Xia et al. 2020; on two classes the flip target cannot depend on the text)")
+ORACLES = ("none", "clean-subset", "noise-free")  # --oracle: the references a perfect detector / no noise would give
+
+
+def peft_choices():
+    """--peft: the PEFT kinds a method can sit on; none = full fine-tuning."""
+    return [k for k, c in peft.KINDS.items() if c.standalone and not c.trains_base] + ["none"]
+
+
+@dataclass
+class WhatToTrain:
+    """What to train"""
+    method: str = setting("clear", "what to fine-tune (see methods/__init__.py)", choices=lambda: methods.names())
+    peft: str = setting("lora", "the PEFT kind under a method that sits on one (clear, match); none = full "
+                        "fine-tuning", choices=peft_choices)
+    model: str | None = setting(None, "BERT directory (config.json, model.safetensors, tokenizer.json); default: "
+                                "the packaged all-MiniLM-L6-v2")
+
+
+@dataclass
+class DataAndNoise:
+    """Data and label noise"""
+    dataset: str = setting("mr", lambda: f"{', '.join(data.DATASETS)} (data.DATASETS), or a .csv/.tsv/.jsonl "
+                           "file with text,label columns")
+    test_file: str | None = setting(None, "test file for a user dataset (else a seeded 20%% split)")
+    noise: str = setting("sym", lambda: "label noise on the training split (noise.py): " + NOISE_HELP
+                         + ". The realised flip rate is printed and saved", choices=lambda: noise.NOISE_KINDS)
+    noise_rate: float = setting(0.2, "noise rate r in [0, 1)")
+    noisy_labels: str | None = setting(None, "train on the observed labels of this noise file (a run's "
+                                       "noisy_labels.csv) instead of drawing --noise")
+    oracle: str = setting("none", "a reference that reads the true labels (never a method): clean-subset trains "
+                          "only on the truly clean rows of the noisy training split, noise-free on their true "
+                          "labels; the noisy validation split stays as it is", choices=ORACLES)
+    max_len: int = setting(128, "truncate token sequences to this length")
+    max_train: int | None = setting(None, "stratified, seeded subsample of N training examples")
+    max_test: int | None = setting(None, "stratified subsample of N test examples (the same for every seed)")
+    val_fraction: float = setting(0.1, "share of the noisy training split held out as validation data (same "
+                                  "noise; stratified by observed label) to select the epoch with; 0 = none")
+
+
+@dataclass
+class Optimisation:
+    """Optimisation"""
+    epochs: int = setting(6, "training epochs")
+    batch_size: int = setting(32, "training batch size")
+    eval_batch_size: int = setting(64, "batch size for evaluation passes")
+    lr: float | None = setting(None, "peak learning rate (default: the PEFT kind's, peft/)")
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on biases/LayerNorm)")
+    warmup_ratio: float = setting(0.1, "fraction of steps with linear LR warm-up")
+    lr_schedule: str = setting("linear", "linear: warm-up then linear decay to zero; constant: the peak "
+                               "throughout (official CleaR)", choices=("linear", "constant"))
+    grad_clip: float = setting(1.0, "max gradient norm (0 = off)")
+    dropout: float = setting(0.1, "dropout before the classifier head")
+    warmup_epochs: int = setting(3, "epochs before a loss-mixture router (CleaR, LoRAMoE --moe_types clean) "
+                                 "starts using the mixture")
+    loss_ema: float = setting(0.9, "the clean-sample detector fits its mixture to an exponential moving average "
+                              "of each sample's loss, this weight on the previous value (the official CleaR "
+                              "adapter code's 0.9; 0 = this epoch's loss alone)")
+    seed: int = setting(0, "seed for noise, initialisation, dropout and batch order")
+
+
+@dataclass
+class RunAndOutputs:
+    """Run, outputs and reloading"""
+    out: str | None = setting(None, "output directory (default: runs/<dataset>-<method>[-<peft>]-<noise><rate>-"
+                              "s<seed>)")
+    device: str = setting("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
+    resume: bool = setting(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = setting(False, "start over even if --out already holds a run")
+    no_progress: bool = setting(False, "no tqdm bars (for logs)")
+    export_hf: str | None = setting(None, "after training, write the model merged into the Hugging Face "
+                                    "BertForSequenceClassification layout in this folder (full, lora, bitfit; "
+                                    "export.py)")
+    eval_only: bool = setting(False, "only evaluate the run saved in --load on its test split")
+    load: str | None = setting(None, "a finished run's directory (with peft.safetensors) for --eval_only")
+
+
+@dataclass
+class SpeedAndPrecision:
+    """Speed, memory and precision"""
+    pad_to_max_len: bool = setting(False, "random batches padded to --max_len instead of length buckets (only to "
+                                   "measure what bucketing saves; the CleaR reference code feeds data this way)")
+    grad_checkpointing: bool = setting(False, "recompute each layer's activations in backward: less memory, "
+                                       "about 1/3 more compute")
+    no_speedups: bool = setting(False, "the plain textbook path (speedups.py off): nn.Dropout, SDPA, every "
+                                "top-layer token, unfolded evaluation (slower; other dropout draws, so other numbers)")
+    precision: str = setting("auto", "bf16 autocast (fp32 master weights, losses and metrics) or fp32; auto: bf16 "
+                             "on a GPU that supports it and on a CPU with native bf16 (avx512_bf16 / AMX), else "
+                             "fp32", choices=("auto", "fp32", "bf16"))
+
+
+RUN_SETTINGS = (WhatToTrain, DataAndNoise, Optimisation, RunAndOutputs, SpeedAndPrecision)
+
+
+def parse_args(argv=None):
+    """train.py's flags: the run's settings, then every PEFT kind's and every method's (generated)."""
+    p = argparse.ArgumentParser(description="Fine-tune a pretrained BERT-style encoder on text classification "
+                                "with noisy labels.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for cls in (*RUN_SETTINGS, *peft.KINDS.values(), *(m.settings for m in methods.METHODS.values() if m.settings)):
+        add_flags(p, cls)
+    return finalize(p.parse_args(argv))
+
+
+def finalize(args):
+    """Defaults that depend on other flags, and every check that needs no file: RunError,
+    PeftError or SettingError with one clear line."""
+    method = methods.get(args.method)
+    kind = method.kind(args)
+    if method.peft is None and not method.allows(peft.KINDS[kind]):
+        ok = ["none" if c.trains_base else k for k, c in peft.KINDS.items() if method.allows(c)]
+        raise RunError(f"--method {args.method} cannot sit on --peft {args.peft}: choose from {', '.join(ok)}")
+    method.finalize(args)
+    args.method_module = methods.module_of(args.method)  # where a fresh process finds the entry again (load_run)
+    if args.oracle != "none" and args.noise == "none" and not args.noisy_labels:
+        raise RunError(f"--oracle {args.oracle} needs synthetic noise (--noise or --noisy_labels): without it the "
+                       "true labels are unknown")
+    for name, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_len", 2)):
+        if getattr(args, name) < low:
+            raise RunError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    for name in ("dropout", "loss_ema"):
+        if not 0 <= getattr(args, name) < 1:
+            raise RunError(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+    peft.kind_config(kind, vars(args))  # the settings are checked now, before anything is loaded
+    method.config(args)
+    if args.lr is None:
+        args.lr = method.default_lr or peft.KINDS[kind].default_lr
+    if args.out is None:
+        name = os.path.basename(args.dataset).split(".")[0]
+        label = args.method if kind == args.method or method.peft else f"{args.method}-{kind}"
+        args.out = os.path.join("runs", f"{name}-{label}-{args.noise}{args.noise_rate:g}-s{args.seed}")
+    return args
+
+
+def unused_settings(args):
+    """The flags of the methods and PEFT kinds this run does not use: a change of their defaults (a newer
+    version of the code) does not stop --resume."""
+    method = methods.get(args.method)
+    kind = peft.KINDS[method.kind(args)]
+    others = [m.settings for m in methods.METHODS.values() if m.settings and m.settings is not method.settings]
+    others += [k for k in peft.KINDS.values() if k is not kind]
+    mine = {f.name for cls in (method.settings, kind) if cls for f in fields(cls)}
+    return {f.name for cls in others for f in fields(cls)} - mine
