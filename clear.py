@@ -132,12 +132,12 @@ class ClearMethod(methods.Method):
     name, summary = "clear", "CleaR: each sample goes through the PEFT modules as often as it looks clean"
     settings = ClearConfig
 
-    def allows(self, kind):
-        return kind.standalone and kind.clear_base_rate is not None
+    def can_sit_on(self, kind_class):
+        return kind_class.standalone and kind_class.clear_base_rate is not None
 
     def finalize(self, args):
         if args.base_rate is None:
-            args.base_rate = peft.KINDS[self.kind(args)].clear_base_rate
+            args.base_rate = peft.KINDS[self.kind_name(args)].clear_base_rate
         if args.clear_eval is None and not args.eval_only:
             args.clear_eval = "expected"
 

@@ -134,9 +134,9 @@ def finalize(args):
     """Defaults that depend on other flags, and every check that needs no file: RunError,
     PeftError or SettingError with one clear line."""
     method = methods.get(args.method)
-    kind = method.kind(args)
-    if method.peft is None and not method.allows(peft.KINDS[kind]):
-        ok = ["none" if c.trains_base else k for k, c in peft.KINDS.items() if method.allows(c)]
+    kind = method.kind_name(args)
+    if method.peft is None and not method.can_sit_on(peft.KINDS[kind]):
+        ok = ["none" if c.trains_base else k for k, c in peft.KINDS.items() if method.can_sit_on(c)]
         raise RunError(f"--method {args.method} cannot sit on --peft {args.peft}: choose from {', '.join(ok)}")
     method.finalize(args)
     args.method_module = methods.module_of(args.method)  # where a fresh process finds the entry again (load_run)
@@ -164,7 +164,7 @@ def unused_settings(args):
     """The flags of the methods and PEFT kinds this run does not use: a change of their defaults (a newer
     version of the code) does not stop --resume."""
     method = methods.get(args.method)
-    kind = peft.KINDS[method.kind(args)]
+    kind = peft.KINDS[method.kind_name(args)]
     others = [m.settings for m in methods.METHODS.values() if m.settings and m.settings is not method.settings]
     others += [k for k in peft.KINDS.values() if k is not kind]
     mine = {f.name for cls in (method.settings, kind) if cls for f in fields(cls)}

@@ -33,7 +33,7 @@ class Hooks:
 
         gates(batch)                    -> (B, L) per-sample, per-layer PEFT gates, or None (all on)
         eval_gates(B, device, generator) -> the same for evaluation passes
-        step_loss(forward, batch, autocast) -> (loss, extra_losses) of one optimizer step; forward is the
+        step_loss(step_model, batch, autocast) -> (loss, extra_losses) of one optimizer step; step_model is the
                                            model (DDP-wrapped under torchrun). Override for several
                                            forwards (two dropout views, an evaluation-mode pass, mixup)
         loss(out, batch)                -> (loss, extra_losses): cross-entropy of out.logits on the observed
@@ -65,9 +65,9 @@ class Hooks:
         constant (1.0: no gating), else None (sampled gates): export.fold_model scales by it."""
         return 1.0
 
-    def step_loss(self, forward, batch, autocast):
+    def step_loss(self, step_model, batch, autocast):
         with autocast():
-            out = forward(batch.input_ids, batch.attention_mask, gates=self.gates(batch), with_features=True)
+            out = step_model(batch.input_ids, batch.attention_mask, gates=self.gates(batch), with_features=True)
         return self.loss(out, batch)
 
     def extra_losses(self, out, batch):

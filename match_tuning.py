@@ -146,8 +146,8 @@ class MatchMethod(methods.Method):
     name, summary = "match", "Match-Tuning: each [CLS] state mixed with the batch's before the head"
     settings = MatchConfig
 
-    def allows(self, kind):
-        return kind.standalone  # any PEFT kind, or --peft none (full fine-tuning)
+    def can_sit_on(self, kind_class):
+        return kind_class.standalone  # any PEFT kind, or --peft none (full fine-tuning)
 
     def build(self, model, args):
         cfg = self.config(args)

@@ -15,7 +15,7 @@ speedups.py, switched on in one place (train.build_model).
 
 Two seams for the rest of the project:
 - every projection and LayerNorm takes an optional per-sample `gate` (B,). The plain
-  layers here ignore it; the PEFT wrappers in peft.py multiply their delta by it, which
+  layers here ignore it; the PEFT wrappers in peft/ multiply their delta by it, which
   is how CleaR (clear.py) switches PEFT modules on and off per sample and per layer.
 - attention accepts per-layer prefix keys/values (prefix tuning) and extends the mask.
 
@@ -229,14 +229,14 @@ class Encoder(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Encoder -> [CLS] hidden state -> dropout -> linear head. `prefix` is set by peft.py."""
+    """Encoder -> [CLS] hidden state -> dropout -> linear head. `prefix` is set by peft/prefix.py."""
 
     def __init__(self, encoder, num_classes, dropout=0.1):
         super().__init__()
         self.encoder = encoder
         self.prefix = None  # a module returning per-layer (key, value) pairs, or None
         self.cls_only = False  # True: the top layer computes [CLS] alone (a speed path, speedups.py)
-        self.encoder_always_eval = False  # True: train() leaves the encoder in eval mode (a linear probe, peft.py)
+        self.encoder_always_eval = False  # True: train() leaves the encoder in eval mode (a linear probe, peft/full.py)
         self.head_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)  # always trainable
         nn.init.normal_(self.head.weight, std=0.02)
@@ -395,6 +395,6 @@ def count_params(module):
 
 def linear_shapes(cfg):
     """(in, out) features of each Linear sub-module of a Layer: the one shape table that
-    parameter counts (peft.py) and FLOP counts (bench.py) read."""
+    parameter counts (peft/) and FLOP counts (bench.py) read."""
     C, I = cfg.hidden_size, cfg.intermediate_size
     return {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}

@@ -57,7 +57,7 @@ def build_model(args, num_classes):
         raise RunError(f"--max_len {args.max_len} exceeds the model's {encoder.config.max_position_embeddings} "
                        "positions (max_position_embeddings in its config.json)")
     model = Classifier(encoder, num_classes, dropout=args.dropout)
-    peft.inject(model, peft.kind_config(method.kind(args), vars(args)))
+    peft.inject(model, peft.kind_config(method.kind_name(args), vars(args)))
     method.build(model, args)
     if not args.no_speedups:
         speedups.enable(model, cls_only=not method.reads_all_tokens)

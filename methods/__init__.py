@@ -2,7 +2,7 @@
 The registry of training methods: one entry per method declares everything that differs
 between them, so train.py, bench.py, experiments.py and report.py find every method here.
 
-A method is a PEFT kind to train (peft.py's registry: its flags, default learning rate,
+A method is a PEFT kind to train (peft/'s registry: its flags, default learning rate,
 injection, parameter and FLOP counts) plus training hooks (Hooks: gates, the
 training step's loss on the model outputs, per-epoch refits, stages, metrics). The plain
 methods - full, lora, adapter, prefix, bitfit, and any kind registered later with
@@ -17,7 +17,7 @@ records (config["method_module"], see get()).
 An entry declares:
     name, summary       --method NAME and its one-line description (--help, README)
     settings            a dataclass of the method's own flags (fields made with settings.setting)
-    peft                the PEFT kind it trains, or None: --peft chooses, among allows(kind)
+    peft                the PEFT kind it trains, or None: --peft chooses, among can_sit_on(kind class)
     default_lr          None: the PEFT kind's
     reads_all_tokens    True: the top layer computes every token (no [CLS]-only speed path)
     reference           True: an oracle or a baseline outside fine-tuning, shown beside the methods
@@ -32,7 +32,7 @@ An entry declares:
 A new method is one such class with @register (see tests/test_registry.py).
 
 Usage:
-    method = get(args.method); kind = method.kind(args)
+    method = get(args.method); kind = method.kind_name(args)
     hooks = method.hooks(model, args, num_train)
 """
 
@@ -43,6 +43,7 @@ import sys
 from dataclasses import fields
 
 import peft
+from registry import Registry
 from hooks import Hooks
 
 
@@ -60,11 +61,11 @@ class Method:
             self.name = self.peft = name
             self.summary = peft.KINDS[name].__doc__.split("(")[0].strip()
 
-    def allows(self, kind):
+    def can_sit_on(self, kind_class):
         """Whether --peft may choose this PEFT kind class (when self.peft is None)."""
-        return kind.standalone
+        return kind_class.standalone
 
-    def kind(self, args):
+    def kind_name(self, args):
         """The name of the PEFT kind a run of this method trains ("none" = full fine-tuning)."""
         return self.peft or ("full" if args.peft == "none" else args.peft)
 
@@ -92,20 +93,19 @@ class Method:
         return cfg["method"]
 
 
-METHODS = {}  # name -> Method instance, in registration order (after the plain ones)
+METHODS = Registry("method", make=lambda cls: cls())  # name -> Method instance, after the plain ones
 
 
 def register(cls):
-    """Class decorator: add a Method subclass (instantiated once) to METHODS."""
-    plain = cls.name in peft.KINDS and peft.KINDS[cls.name].standalone  # --method NAME is taken by the kind
-    if cls.name in METHODS or plain:
+    """Class decorator: add a Method subclass (instantiated once) to METHODS, recording the module
+    that defines it (a run's config keeps it, so a fresh process can find the entry again)."""
+    if cls.name in peft.KINDS and peft.KINDS[cls.name].standalone:  # --method NAME is taken by the kind
         raise ValueError(f"a method named {cls.name!r} already exists")
-    cls.module = cls.__module__  # recorded in a run's config, so a fresh process can find the entry again
+    cls.module = cls.__module__
     if cls.module == "__main__":  # a script run directly (python coin.py ...): importable by its file name
         script = getattr(sys.modules["__main__"], "__file__", None) or ""
         cls.module = os.path.splitext(os.path.basename(script))[0] or None
-    METHODS[cls.name] = cls()
-    return cls
+    return METHODS.register()(cls)
 
 
 def names():
@@ -130,7 +130,7 @@ def get(name, module=None):
 
 def module_of(name):
     """The module that defines method NAME (recorded in a run's config), or None for a plain method."""
-    return getattr(METHODS.get(name), "module", None)
+    return getattr(METHODS[name], "module", None) if name in METHODS else None
 
 
 def label(cfg):

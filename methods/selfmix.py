@@ -82,9 +82,9 @@ class SelfMixHooks(Hooks):
                 loss = class_normalised(loss, observed)
             self.labelled = torch.as_tensor(looks_clean(clean_probability(loss)[0]))
 
-    def step_loss(self, forward, batch, autocast):
+    def step_loss(self, step_model, batch, autocast):
         if self.labelled is None:
-            return super().step_loss(forward, batch, autocast)
+            return super().step_loss(step_model, batch, autocast)
         cfg, K = self.cfg, self.model.head.out_features
         u = ~self.labelled[batch.index.cpu()].to(batch.index.device)          # (B,) unlabelled rows
         ids, mask = batch.input_ids, batch.attention_mask
@@ -92,13 +92,13 @@ class SelfMixHooks(Hooks):
         if u.any():
             self.model.eval()
             with torch.no_grad(), autocast():
-                p = torch.softmax(forward(ids[u], mask[u]).float(), dim=-1)
+                p = torch.softmax(step_model(ids[u], mask[u]).float(), dim=-1)
             self.model.train()
             q = p ** (1 / cfg.selfmix_temp)
             targets[u] = q / q.sum(1, keepdim=True)
         with autocast():
-            h = forward(ids, mask, with_features=True).features                # (B, C), one dropout view
-            h2 = forward(ids[u], mask[u], with_features=True).features if u.any() else None
+            h = step_model(ids, mask, with_features=True).features                # (B, C), one dropout view
+            h2 = step_model(ids[u], mask[u], with_features=True).features if u.any() else None
             lam = float(self.beta.sample())
             lam = max(lam, 1 - lam)
             perm = torch.randperm(len(h), device=h.device)

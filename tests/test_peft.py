@@ -14,6 +14,7 @@ from checkpoint import CheckpointError, load_peft, read_config, read_peft_config
 from conftest import TINY_CONFIG, tiny_classifier
 from peft import (Adapter, BitFit, Full, LoRA, LoRALinear, PeftError, Prefix, inject, is_peft_param, merge_lora,
                   param_summary, unmerge_lora)
+from registry import Registry
 
 K = 3  # classes
 L = TINY_CONFIG.num_hidden_layers
@@ -289,10 +290,24 @@ def test_load_mismatches(tmp_path):
 def test_inject_twice_and_bad_settings():
     with pytest.raises(PeftError, match="already"):
         inject(injected("lora"), BitFit())
-    with pytest.raises(PeftError, match="unknown PEFT kind"):
+    with pytest.raises(PeftError, match="unknown PEFT kind 'ia3'; choose from full, probe, lora"):
         peft.kind_config("ia3", {})
     with pytest.raises(PeftError, match="lora_r"):
         LoRA(lora_r=0)
+
+
+def test_kinds_registry():
+    """KINDS is the project's one registry shape, in registration order (the --method choices);
+    the names other files import from peft all exist."""
+    assert isinstance(peft.KINDS, Registry)
+    assert list(peft.KINDS)[:6] == ["full", "probe", "lora", "adapter", "prefix", "bitfit"]
+    assert [peft.KINDS.get(n) for n in ("lora", "bitfit")] == [LoRA, BitFit]
+    with pytest.raises(ValueError, match="'lora' already exists"):
+        peft.register(LoRA)
+    assert peft.KINDS.help(["lora"]) == "lora: LoRA (peft/lora.py, Hu et al. 2021)"
+    for name in ("PeftKind", "register", "head_params", "mark_trainable", "lora_target_names", "LORA_TARGETS",
+                 "ADAPTER_SITES", "BITFIT_SITES", "AdapterWrapper", "PrefixTuning", "BitFitWrapper", "Probe"):
+        assert hasattr(peft, name), name
 
 
 def test_unknown_lora_target_lists_valid_names():

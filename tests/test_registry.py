@@ -93,8 +93,8 @@ class Coin(methods.Method):
     name, summary = "coin", "coin-flip routing of the PEFT modules (a test's own router)"
     settings = CoinConfig
 
-    def allows(self, kind):
-        return kind.standalone and not kind.trains_base
+    def can_sit_on(self, kind_class):
+        return kind_class.standalone and not kind_class.trains_base
 
     def hooks(self, model, args, num_train):
         return CoinHooks(args.coin_p, model.encoder.config.num_hidden_layers)
@@ -179,10 +179,10 @@ from hooks import Hooks
 class TwoViewsHooks(Hooks):
     forwards = 0  # forward passes made, for the test
 
-    def step_loss(self, forward, batch, autocast):
+    def step_loss(self, step_model, batch, autocast):
         with autocast():
-            a = forward(batch.input_ids, batch.attention_mask, with_features=True)
-            b = forward(batch.input_ids, batch.attention_mask, with_features=True)
+            a = step_model(batch.input_ids, batch.attention_mask, with_features=True)
+            b = step_model(batch.input_ids, batch.attention_mask, with_features=True)
         TwoViewsHooks.forwards += 2
         la, lb = F.log_softmax(a.logits.float(), -1), F.log_softmax(b.logits.float(), -1)
         kl = 0.5 * ((la.exp() * (la - lb)).sum(-1) + (lb.exp() * (lb - la)).sum(-1)).mean()
@@ -246,7 +246,7 @@ def test_every_method_builds_with_its_closed_form_parameter_count(argv, tiny_mod
     args = train.parse_args([*argv, "--model", tiny_model_dir, "--max_len", "64"])
     model, _ = train.build_model(args, 3)
     method = methods.get(args.method)
-    kind = peft.kind_config(method.kind(args), vars(args))
+    kind = peft.kind_config(method.kind_name(args), vars(args))
     assert count_params(model)[0] == kind.trainable_params(TINY_CONFIG, 3) + method.extra_params(TINY_CONFIG)
     assert isinstance(method.label(vars(args)), str)
     hooks = train.build_hooks(args, model, 10)

@@ -197,7 +197,7 @@ def plot_capacity(runs, path):
     colours = {}
     for s, m in runs:
         cfg = s["config"]
-        kind = methods.get(cfg["method"], cfg.get("method_module")).kind(argparse.Namespace(**cfg))
+        kind = methods.get(cfg["method"], cfg.get("method_module")).kind_name(argparse.Namespace(**cfg))
         first = kind not in colours  # label each kind's colour once
         colour = colours.setdefault(kind, f"C{len(colours)}")
         x, y = 100 * s["train_clean_acc"], 100 * s["noisy_memorized"]
