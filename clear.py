@@ -8,9 +8,9 @@ the PEFT module of layer l is applied to sample i with probability r * w_i), Sec
 (consistency regularisation against the previous epoch's predictions).
 
 Usage:
-    router = ClearHooks(num_train, num_layers, ClearConfig(base_rate=0.85), warmup_epochs=3)
-    out = model(batch.input_ids, batch.attention_mask, gates=router.gates(batch), with_features=True)  # gates (B, L)
-    loss, extra = router.loss(out, batch)   # CE + {"consistency": KL to the last epoch}
+    hooks = ClearHooks(num_train, num_layers, ClearConfig(base_rate=0.85, clear_eval="expected"), warmup_epochs=3)
+    out = model(batch.input_ids, batch.attention_mask, gates=hooks.gates(batch), with_features=True)  # gates (B, L)
+    loss, extra = hooks.loss(out, batch)   # CE + {"consistency": KL to the last epoch}
 """
 
 from dataclasses import dataclass

@@ -10,8 +10,8 @@ Sec. 3.2 (localized balancing constraint).
 The experts are a PEFT kind (`LoRAMoE`, registered in peft.KINDS); the balance loss and the
 sample types are the method's hooks (`LoRAMoEHooks`). Usage:
     peft.inject(model, LoRAMoE())                     # wraps every layer's ffn_in and ffn_out
-    router = LoRAMoEHooks(model, num_train, LoRAMoEConfig(moe_types="clean"))
-    loss, extra = router.loss(model(ids, mask, with_features=True), batch)  # CE + {"balance": sum over wrapped linears}
+    hooks = LoRAMoEHooks(model, num_train, LoRAMoEConfig(moe_types="clean"))
+    loss, extra = hooks.loss(model(ids, mask, with_features=True), batch)  # CE + {"balance": sum over wrapped linears}
 """
 
 import math

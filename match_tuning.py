@@ -6,7 +6,7 @@ In-batch Instances" (Match-Tuning), IJCAI, Sec. 3.
 
 Usage:
     replace_head_with_match(model, tau=3.0)     # model.head becomes a MatchHead
-    router = MatchHooks(model)                # no extra loss; logs where the mixing mass goes
+    hooks = MatchHooks(model)                 # no extra loss; logs where the mixing mass goes
 """
 
 from dataclasses import dataclass

@@ -1,7 +1,7 @@
 """
 Classify new texts with a finished run (or a folder written by --export_hf).
 
-    python predict.py runs/mr-clear-sym0.4-s0 "a gorgeous, moving film" "two hours I will not get back"
+    python predict.py runs/mr-clear-lora-sym0.2-s0 "a gorgeous, moving film" "two hours I will not get back"
     python predict.py RUN --file reviews.txt            # one text per line; or .csv/.tsv (a text column), .jsonl
     cat reviews.txt | python predict.py RUN -            # stdin, one text per line
     python predict.py RUN --file reviews.csv --out predictions.csv   # or .jsonl
@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,26 +65,37 @@ def _checked(texts, where, line_numbers=None):
     return texts
 
 
+@dataclass
+class Predictor:
+    """A model ready to classify: its tokenizer, the hooks whose evaluation gates it runs with, the
+    class names of its head and the length its texts are cut to."""
+    model: object
+    tokenizer: object
+    hooks: Hooks
+    class_names: list
+    max_len: int
+
+
 def load_predictor(path, device):
-    """(model, tokenizer, hooks, class names, max_len) from a run folder or an --export_hf folder."""
+    """The Predictor of a run folder or an --export_hf folder."""
     if os.path.isfile(os.path.join(path, "summary.json")):
         model, tokenizer, hooks, cfg, names, _ = train.load_run(path, device)
         try:
             model, hooks = export.fold_model(model, hooks), Hooks()  # merged: no gates left
         except export.ExportError:
             pass  # adapters, prefix, LoRAMoE, sampled gates: the run's own model and evaluation gates
-        return model, tokenizer, hooks, names, cfg.max_len
+        return Predictor(model, tokenizer, hooks, names, cfg.max_len)
     if os.path.isfile(os.path.join(path, "config.json")):
         model, tokenizer, names = export.load_exported(path)
-        return model, tokenizer, Hooks(), names, model.encoder.config.max_position_embeddings
+        return Predictor(model, tokenizer, Hooks(), names, model.encoder.config.max_position_embeddings)
     raise train.RunError(f"{path}: neither a finished run (summary.json) nor an --export_hf folder (config.json)")
 
 
-def classify(model, tokenizer, hooks, texts, max_len, batch_size, device, precision="auto"):
+def classify(predictor, texts, batch_size, device, precision="auto"):
     """(N, K) class probabilities of `texts`, batched by length (evaluation.Evaluator)."""
     dev, autocast = train.pick_device(device, precision)
-    ids = data.encode(tokenizer, texts, max_len)
-    return softmax(Evaluator(batch_size, dev, autocast, hooks).logits(model.to(dev), ids))
+    ids = data.encode(predictor.tokenizer, texts, predictor.max_len)
+    return softmax(Evaluator(batch_size, dev, autocast, predictor.hooks).logits(predictor.model.to(dev), ids))
 
 
 def write_predictions(path, texts, probs, names):
@@ -132,11 +144,11 @@ def main(argv=None):
             texts = read_texts(args.file)
         else:
             texts = _checked(args.texts, "the command line")
-        model, tokenizer, hooks, names, max_len = load_predictor(args.run, args.device)
-        probs = classify(model, tokenizer, hooks, texts, max_len, args.batch_size, args.device)
-        print_table(texts, probs, names)
+        predictor = load_predictor(args.run, args.device)
+        probs = classify(predictor, texts, args.batch_size, args.device)
+        print_table(texts, probs, predictor.class_names)
         if args.out:
-            write_predictions(args.out, texts, probs, names)
+            write_predictions(args.out, texts, probs, predictor.class_names)
             print(f"{len(texts)} predictions written to {args.out}")
         return probs
     except (InputError, *train.EXPECTED_ERRORS) as e:

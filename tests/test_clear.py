@@ -47,26 +47,26 @@ def test_auroc_equals_pairwise_definition():
     assert mixture.auroc(scores, pos) == pytest.approx(expected)
 
 
-def make_router(n=6, layers=3, base_rate=0.8, warmup_epochs=3, clear_eval="expected", **kw):
+def make_hooks(n=6, layers=3, base_rate=0.8, warmup_epochs=3, clear_eval="expected", **kw):
     return clear.ClearHooks(n, layers, clear.ClearConfig(base_rate=base_rate, clear_eval=clear_eval, **kw),
                                 warmup_epochs=warmup_epochs)
 
 
 def test_gate_probability_is_base_rate_times_clean_probability():
-    router = make_router()
-    router.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
+    hooks = make_hooks()
+    hooks.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
     index = torch.tensor([0, 1, 2, 3, 4, 5])
-    torch.testing.assert_close(router.gate_prob(index), 0.8 * router.clean_prob)
+    torch.testing.assert_close(hooks.gate_prob(index), 0.8 * hooks.clean_prob)
 
 
 def test_gate_frequencies_match_their_probabilities():
     torch.manual_seed(0)
-    router = make_router(layers=4)
-    router.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
+    hooks = make_hooks(layers=4)
+    hooks.clean_prob = torch.tensor([1.0, 0.5, 0.0, 0.25, 0.75, 0.1])
     index = torch.arange(6)
-    draws = torch.stack([router.gates(Batch(None, None, index, None)) for _ in range(4000)])  # (4000, 6, 4)
+    draws = torch.stack([hooks.gates(Batch(None, None, index, None)) for _ in range(4000)])  # (4000, 6, 4)
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
-    p = (0.8 * router.clean_prob)[:, None].expand(6, 4)
+    p = (0.8 * hooks.clean_prob)[:, None].expand(6, 4)
     freq = draws.mean(0)
     sigma = (p * (1 - p) / 4000).sqrt().clamp_min(1e-3)
     assert ((freq - p).abs() < 4 * sigma).all()
@@ -75,44 +75,44 @@ def test_gate_frequencies_match_their_probabilities():
 
 
 def test_evaluation_gate_modes():
-    router = make_router(clear_eval="expected")
-    g = router.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
+    hooks = make_hooks(clear_eval="expected")
+    g = hooks.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
     assert torch.equal(g, torch.full((5, 3), 0.8))
-    assert make_router(clear_eval="all").eval_gates(5, "cpu", None) is None
-    sample = make_router(clear_eval="sample")
+    assert make_hooks(clear_eval="all").eval_gates(5, "cpu", None) is None
+    sample = make_hooks(clear_eval="sample")
     a = sample.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
     b = sample.eval_gates(5, "cpu", torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_consistency_is_zero_at_the_teacher_and_positive_elsewhere():
-    router = make_router(n=4)
+    hooks = make_hooks(n=4)
     batch = lambda index: Batch(None, None, index, None)
     out = lambda logits: Outputs(logits, None)
-    assert router.extra_losses(out(torch.randn(2, 3)), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
-    router.teacher = torch.randn(4, 3)
+    assert hooks.extra_losses(out(torch.randn(2, 3)), batch(torch.tensor([0, 1]))) == {}  # no teacher before warm-up ends
+    hooks.teacher = torch.randn(4, 3)
     index = torch.tensor([2, 0])
-    same = router.extra_losses(out(router.teacher[index].clone()), batch(index))["consistency"]
+    same = hooks.extra_losses(out(hooks.teacher[index].clone()), batch(index))["consistency"]
     assert same.abs().item() < 1e-6
-    other = router.extra_losses(out(router.teacher[index] + torch.tensor([3.0, 0.0, -3.0])), batch(index))["consistency"]
+    other = hooks.extra_losses(out(hooks.teacher[index] + torch.tensor([3.0, 0.0, -3.0])), batch(index))["consistency"]
     assert other.item() > 0.01
 
 
 def test_end_epoch_waits_for_warmup_then_routes_small_loss_samples_more():
-    router = make_router(n=6, warmup_epochs=2)
+    hooks = make_hooks(n=6, warmup_epochs=2)
     observed = np.array([0, 0, 0, 1, 1, 1])
     true = np.array([0, 0, 0, 1, 0, 0])  # samples 4 and 5 carry wrong labels
     logits = np.array([[3, -3], [2.5, -2.5], [3.5, -3.5], [-3, 3], [3, -3], [2.8, -2.8]], dtype=np.float32)
     fit = mixture.LossDetector(0).update(logits, observed)
-    router.end_epoch(0, logits, observed, fit)  # still warming up
-    m = router.epoch_metrics(observed, true)
-    assert torch.equal(router.clean_prob, torch.ones(6)) and router.teacher is None
+    hooks.end_epoch(0, logits, observed, fit)  # still warming up
+    m = hooks.epoch_metrics(observed, true)
+    assert torch.equal(hooks.clean_prob, torch.ones(6)) and hooks.teacher is None
     assert m["gate_rate_clean"] == m["gate_rate_noisy"] == pytest.approx(0.8)
-    router.end_epoch(1, logits, observed, fit)
-    m = router.epoch_metrics(observed, true)
+    hooks.end_epoch(1, logits, observed, fit)
+    m = hooks.epoch_metrics(observed, true)
     assert mixture.detector_metrics(fit, observed, true)["det_auroc"] == 1.0
     assert m["gate_rate_clean"] > m["gate_rate_noisy"]
-    assert router.teacher is not None
+    assert hooks.teacher is not None
 
 
 def test_short_noisy_run_routes_clean_samples_more(tiny_pretrained_dir, tiny_dataset, tmp_path):

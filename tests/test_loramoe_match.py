@@ -91,13 +91,13 @@ def test_gate_multiplies_the_expert_delta():
 
 def test_padding_does_not_change_the_balance_loss():
     model = moe_model()
-    router = LoRAMoEHooks(model, 4, LoRAMoEConfig())
+    hooks = LoRAMoEHooks(model, 4, LoRAMoEConfig())
     losses = []
     for pad_to in (None, 14):
         b = make_batch(pad_to=pad_to)
         with torch.no_grad():
             model(b.input_ids, b.attention_mask)
-        losses.append(router.extra_losses(None, b)["balance"])
+        losses.append(hooks.extra_losses(None, b)["balance"])
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
     # the function itself ignores whatever the router says on padding positions
     route = torch.softmax(torch.randn(2, 6, 4), -1)
@@ -122,12 +122,12 @@ def test_balance_loss_is_zero_only_when_balanced():
     assert balance_loss(typed, mask, None, 0.1, 0.1) > 0
 
 
-def minimise_balance(layer, router, x, batch, steps=300):
+def minimise_balance(layer, hooks, x, batch, steps=300):
     """Adam on the router weights against the balance loss alone; returns the last loss."""
     opt = torch.optim.Adam([layer.router_weight], lr=0.05)
     for _ in range(steps):
         layer(x)
-        loss = router.extra_losses(None, batch)["balance"]
+        loss = hooks.extra_losses(None, batch)["balance"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -143,14 +143,14 @@ def test_balance_loss_sends_clean_to_group_0_and_noisy_to_group_1():
     types = torch.arange(B) % 2  # 0 = clean, 1 = suspected noisy
     x = torch.randn(B, T, C)
     x[..., 0] = 2.0 * types[:, None] - 1  # a feature the router can read the type from
-    router = LoRAMoEHooks(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=delta, moe_beta=1.0))
-    router.types, router.typed = types, True
+    hooks = LoRAMoEHooks(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=delta, moe_beta=1.0))
+    hooks.types, hooks.typed = types, True
     observed, true = types.numpy(), torch.zeros(B, dtype=torch.long).numpy()  # label != true exactly for type 1
     batch = Batch(torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.long), torch.arange(B),
                   torch.as_tensor(observed))
-    assert minimise_balance(layer, router, x, batch) < 1e-4
-    router.end_epoch(0, torch.zeros(B, 2).numpy(), observed, None)
-    m = router.epoch_metrics(observed, true)
+    assert minimise_balance(layer, hooks, x, batch) < 1e-4
+    hooks.end_epoch(0, torch.zeros(B, 2).numpy(), observed, None)
+    m = hooks.epoch_metrics(observed, true)
     share0 = layer.last_route[..., :2].sum(-1).mean(1)  # (B,) group 0's share per sample
     torch.testing.assert_close(share0[types == 0], torch.full((B // 2,), (1 + delta) / 2), rtol=0, atol=0.01)
     torch.testing.assert_close(share0[types == 1], torch.full((B // 2,), (1 - delta) / 2), rtol=0, atol=0.01)
@@ -163,7 +163,7 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
     model = moe_model()
     n = 40
     cfg = LoRAMoEConfig(moe_types="clean")
-    router = LoRAMoEHooks(model, n, cfg, warmup_epochs=2)
+    hooks = LoRAMoEHooks(model, n, cfg, warmup_epochs=2)
     true = torch.zeros(n, dtype=torch.long).numpy()
     observed = true.copy()
     observed[:10] = 1  # the first 10 are noisy: the model predicts the true class with confidence
@@ -172,21 +172,21 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
     b = make_batch(label=[1, 1, 1, 1])  # examples 0..3, all truly noisy (true is 0 everywhere)
     with torch.no_grad():
         model(b.input_ids, b.attention_mask)
-    router.extra_losses(None, b)
+    hooks.extra_losses(None, b)
     fit = mixture.LossDetector(0).update(logits.numpy(), observed)
-    router.end_epoch(0, logits.numpy(), observed, fit)
-    m = router.epoch_metrics(observed, true)
-    assert not router.typed and m["moe_balance"] > 0
+    hooks.end_epoch(0, logits.numpy(), observed, fit)
+    m = hooks.epoch_metrics(observed, true)
+    assert not hooks.typed and m["moe_balance"] > 0
     assert m["moe_g0_noisy"] is not None and m["moe_g0_clean"] is None  # the truth comes from epoch_metrics
-    router.end_epoch(0, logits.numpy(), observed, fit)
-    assert router.epoch_metrics(observed, true)["moe_g0_clean"] is None  # accumulators reset
-    router.end_epoch(1, logits.numpy(), observed, fit)
-    m = router.epoch_metrics(observed, true)
-    assert router.typed and router.types[:10].eq(1).all() and router.types[10:].eq(0).all()
+    hooks.end_epoch(0, logits.numpy(), observed, fit)
+    assert hooks.epoch_metrics(observed, true)["moe_g0_clean"] is None  # accumulators reset
+    hooks.end_epoch(1, logits.numpy(), observed, fit)
+    m = hooks.epoch_metrics(observed, true)
+    assert hooks.typed and hooks.types[:10].eq(1).all() and hooks.types[10:].eq(0).all()
     assert m["moe_typed_noisy"] == 0.25 and mixture.detector_metrics(fit, observed, true)["det_auroc"] == 1.0
     fresh = LoRAMoEHooks(model, n, cfg, warmup_epochs=2)
-    fresh.load_state_dict(router.state_dict())
-    assert fresh.typed and torch.equal(fresh.types, router.types)
+    fresh.load_state_dict(hooks.state_dict())
+    assert fresh.typed and torch.equal(fresh.types, hooks.types)
 
 
 def test_loramoe_save_load_round_trip(tmp_path):
@@ -264,22 +264,22 @@ def test_gradients_flow_through_match_dense():
 
 def test_match_routing_statistics():
     model = match_model()
-    router = MatchHooks(model)
+    hooks = MatchHooks(model)
     model.head.last_mix = torch.tensor([[0.5, 0.3, 0.2],
                                         [0.1, 0.6, 0.3],
                                         [0.2, 0.2, 0.6]])
     observed, true = torch.tensor([0, 0, 1]).numpy(), torch.tensor([0, 1, 1]).numpy()
     b = Batch(None, None, torch.arange(3), torch.as_tensor(observed))
-    assert router.extra_losses(None, b) == {}
-    router.end_epoch(0, None, observed, None)
-    m = router.epoch_metrics(observed, true)
+    assert hooks.extra_losses(None, b) == {}
+    hooks.end_epoch(0, None, observed, None)
+    m = hooks.epoch_metrics(observed, true)
     assert m["match_diag"] == pytest.approx((0.5 + 0.6 + 0.6) / 3)
     assert m["match_same_label"] == pytest.approx((0.3 + 0.1 + 0.0) / 3)   # observed labels 0, 0, 1
     assert m["match_diff_label"] == pytest.approx((0.2 + 0.3 + 0.4) / 3)
     assert m["match_same_true"] == pytest.approx((0.0 + 0.3 + 0.2) / 3)    # true labels 0, 1, 1
     assert m["match_diff_true"] == pytest.approx((0.5 + 0.1 + 0.2) / 3)
-    router.end_epoch(1, None, observed, None)
-    assert router.epoch_metrics(observed, true)["match_diag"] is None   # reset each epoch
+    hooks.end_epoch(1, None, observed, None)
+    assert hooks.epoch_metrics(observed, true)["match_diag"] is None   # reset each epoch
 
 
 def test_balance_sends_every_sample_to_its_group_whatever_its_length():
@@ -293,10 +293,10 @@ def test_balance_sends_every_sample_to_its_group_whatever_its_length():
     mask = (torch.arange(T)[None] < lengths[:, None]).long()
     layer = LoRAMoELinear(Linear(C, 4), n_experts=4, r=2, alpha=4, dropout=0.0)
     x = torch.randn(B, T, C)
-    router = LoRAMoEHooks(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=0.1, moe_beta=1.0))
-    router.types, router.typed = torch.zeros(B, dtype=torch.long), True
+    hooks = LoRAMoEHooks(torch.nn.ModuleList([layer]), B, LoRAMoEConfig(moe_delta=0.1, moe_beta=1.0))
+    hooks.types, hooks.typed = torch.zeros(B, dtype=torch.long), True
     batch = Batch(torch.zeros(B, T, dtype=torch.long), mask, torch.arange(B), torch.zeros(B, dtype=torch.long))
-    minimise_balance(layer, router, x, batch)
+    minimise_balance(layer, hooks, x, batch)
     route = layer.last_route.detach()
     share0 = (route[..., :2].sum(-1) * mask).sum(1) / mask.sum(1)  # (B,) group 0's share of real tokens
     assert (share0 > 0.5).all(), share0

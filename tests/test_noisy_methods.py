@@ -50,32 +50,32 @@ def test_gce_is_its_formula_and_tends_to_cross_entropy():
 
 
 def test_elr_targets_average_the_predictions_and_the_term_is_the_paper_s():
-    router = ELRHooks(num_train=5, num_classes=3, cfg=ELRConfig(elr_lambda=3.0, elr_beta=0.7))
+    hooks = ELRHooks(num_train=5, num_classes=3, cfg=ELRConfig(elr_lambda=3.0, elr_beta=0.7))
     torch.manual_seed(0)
     logits, index = torch.randn(2, 3), torch.tensor([4, 1])
     batch = Batch(None, None, index, torch.tensor([0, 2]))
     p = torch.softmax(logits, -1).clamp(1e-4, 1 - 1e-4)
-    term = router.extra_losses(Outputs(logits, None), batch)["elr"]
+    term = hooks.extra_losses(Outputs(logits, None), batch)["elr"]
     t = 0.3 * p / p.sum(1, keepdim=True)  # t started at 0: beta * 0 + (1 - beta) * p
-    assert torch.allclose(router.target[index], t) and torch.equal(router.target[[0, 2, 3]], torch.zeros(3, 3))
+    assert torch.allclose(hooks.target[index], t) and torch.equal(hooks.target[[0, 2, 3]], torch.zeros(3, 3))
     assert torch.allclose(term, 3.0 * torch.log(1 - (t * p).sum(1)).mean())
-    loss, extra = router.loss(Outputs(logits, None), batch)
+    loss, extra = hooks.loss(Outputs(logits, None), batch)
     assert torch.allclose(loss, F.cross_entropy(logits, batch.label) + extra["elr"])
 
 
 def test_small_loss_forgets_nothing_first_then_the_estimated_rate_ramped():
-    router = SmallLossHooks(SmallLossConfig(), warmup_epochs=2)
+    hooks = SmallLossHooks(SmallLossConfig(), warmup_epochs=2)
     logits, labels = torch.tensor([[5.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0, 0, 0])
     batch = Batch(None, None, torch.arange(4), labels)
     per = F.cross_entropy(logits, labels, reduction="none")
-    assert torch.allclose(router.loss(Outputs(logits, None), batch)[0], per.mean())  # epoch 1: everything
+    assert torch.allclose(hooks.loss(Outputs(logits, None), batch)[0], per.mean())  # epoch 1: everything
     fit = DetectorFit(None, None, np.array([1.0, 1.0, 0.0, 0.0]), None)  # mean P(noisy) = 0.5
-    router.end_epoch(0, None, None, fit)
-    assert router.noise_rate == 0.5 and router.forget_rate == 0.25  # ramp: 1 of 2 warm-up epochs
-    assert torch.allclose(router.loss(Outputs(logits, None), batch)[0], per.sort().values[:3].mean())
-    router.end_epoch(1, None, None, fit)
-    assert router.forget_rate == 0.5
-    assert torch.allclose(router.loss(Outputs(logits, None), batch)[0], per.sort().values[:2].mean())
+    hooks.end_epoch(0, None, None, fit)
+    assert hooks.noise_rate == 0.5 and hooks.forget_rate == 0.25  # ramp: 1 of 2 warm-up epochs
+    assert torch.allclose(hooks.loss(Outputs(logits, None), batch)[0], per.sort().values[:3].mean())
+    hooks.end_epoch(1, None, None, fit)
+    assert hooks.forget_rate == 0.5
+    assert torch.allclose(hooks.loss(Outputs(logits, None), batch)[0], per.sort().values[:2].mean())
 
 
 # ---------------------------------------------------------------------------- filter and retrain
@@ -90,40 +90,40 @@ def test_class_normalised_scores_are_z_scores_within_each_observed_class():
 
 def test_far_plans_stages_and_cross_fits_its_scores():
     cfg = methods.get("far").settings(far_rows="relabel", far_folds=2, far_confidence=0.6)
-    router = FarHooks(num_train=8, cfg=cfg, detect_epochs=2, seed=0)
-    assert router.stage_starts() == (2, 4)
+    hooks = FarHooks(num_train=8, cfg=cfg, detect_epochs=2, seed=0)
+    assert hooks.stage_starts() == (2, 4)
     observed = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    fold0 = router.epoch_data(0, observed)[1]
-    assert fold0.sum() == 4 and np.array_equal(router.epoch_data(2, observed)[1], ~fold0)  # 1a, then 1b
+    fold0 = hooks.epoch_data(0, observed)[1]
+    assert fold0.sum() == 4 and np.array_equal(hooks.epoch_data(2, observed)[1], ~fold0)  # 1a, then 1b
     logits_a, logits_b = np.random.default_rng(0).normal(size=(2, 8, 2)).astype(np.float32)
-    router.end_epoch(0, logits_a, observed, None)  # mid-stage: nothing kept
-    assert router.oos_logits is None
-    router.end_epoch(1, logits_a, observed, None)  # model A (trained on fold 0) scores fold 1
-    router.end_epoch(3, logits_b, observed, None)  # model B scores fold 0, then the retrain is planned
+    hooks.end_epoch(0, logits_a, observed, None)  # mid-stage: nothing kept
+    assert hooks.oos_logits is None
+    hooks.end_epoch(1, logits_a, observed, None)  # model A (trained on fold 0) scores fold 1
+    hooks.end_epoch(3, logits_b, observed, None)  # model B scores fold 0, then the retrain is planned
     expect = np.where(fold0[:, None], logits_b, logits_a)
-    assert np.array_equal(router.oos_logits, expect)
-    labels, keep = router.epoch_data(4, observed)
+    assert np.array_equal(hooks.oos_logits, expect)
+    labels, keep = hooks.epoch_data(4, observed)
     probs = torch.softmax(torch.as_tensor(expect), -1).numpy()
-    sure = router.flagged & (probs.max(1) >= 0.6)
-    assert np.array_equal(keep, ~router.flagged | sure)
-    assert np.array_equal(labels[sure], probs.argmax(1)[sure]) and np.array_equal(labels[~router.flagged],
-                                                                                  observed[~router.flagged])
+    sure = hooks.flagged & (probs.max(1) >= 0.6)
+    assert np.array_equal(keep, ~hooks.flagged | sure)
+    assert np.array_equal(labels[sure], probs.argmax(1)[sure]) and np.array_equal(labels[~hooks.flagged],
+                                                                                  observed[~hooks.flagged])
 
 
 def test_far_unlabelled_rows_learn_the_stage_one_soft_targets():
     cfg = methods.get("far").settings(far_rows="unlabelled", far_unlabelled_weight=0.5)
-    router = FarHooks(num_train=6, cfg=cfg, detect_epochs=1, seed=0)
+    hooks = FarHooks(num_train=6, cfg=cfg, detect_epochs=1, seed=0)
     observed = np.array([0, 0, 0, 1, 1, 1])
     logits = np.array([[3, 0], [3, 0], [-3, 3], [0, 3], [0, 3], [3, -3]], dtype=np.float32)  # rows 2, 5 disagree
-    router.end_epoch(0, logits, observed, None)
-    labels, keep = router.epoch_data(1, observed)
+    hooks.end_epoch(0, logits, observed, None)
+    labels, keep = hooks.epoch_data(1, observed)
     assert keep.all() and set(np.flatnonzero(labels == -1)) == {2, 5}
     out = torch.randn(6, 2)
     batch = Batch(None, None, torch.arange(6), torch.as_tensor(labels))
-    loss, extra = router.loss(Outputs(out, None), batch)
+    loss, extra = hooks.loss(Outputs(out, None), batch)
     lab = labels != -1
     ce = F.cross_entropy(out[lab], torch.as_tensor(labels[lab]), reduction="sum") / 6
-    soft = -(router.soft[[2, 5]] * F.log_softmax(out[[2, 5]], -1)).sum() * 0.5 / 6
+    soft = -(hooks.soft[[2, 5]] * F.log_softmax(out[[2, 5]], -1)).sum() * 0.5 / 6
     assert torch.allclose(loss, ce + soft) and torch.allclose(extra["unlabelled"], soft)
 
 
@@ -184,23 +184,23 @@ def test_resume_equals_uninterrupted_run(argv, cut, tiny_pretrained_dir, tiny_da
 
 def test_selfmix_splits_on_class_normalised_losses_of_the_logits():
     model = tiny_classifier(2)
-    router = SelfMixHooks(model, 6, SelfMixConfig(), warmup_epochs=1)
+    hooks = SelfMixHooks(model, 6, SelfMixConfig(), warmup_epochs=1)
     logits = np.array([[4, 0], [3, 0], [-2, 2], [0, 5], [0, 4], [3, -3]], dtype=np.float32)
     observed = np.array([0, 0, 0, 1, 1, 1])
-    router.end_epoch(0, logits, observed, None)
+    hooks.end_epoch(0, logits, observed, None)
     expect = clean_probability(class_normalised(per_sample_loss(logits, observed), observed))[0] > 0.5
-    assert np.array_equal(router.labelled.numpy(), expect) and not expect[[2, 5]].any()
+    assert np.array_equal(hooks.labelled.numpy(), expect) and not expect[[2, 5]].any()
 
 
 @pytest.mark.parametrize("labelled", [[True] * 4, [True, False, True, False]], ids=["no-unlabelled", "mixed"])
 def test_selfmix_step_trains_with_or_without_an_unlabelled_part(labelled):
     from contextlib import nullcontext
     model = tiny_classifier(2).train()
-    router = SelfMixHooks(model, 4, SelfMixConfig(), warmup_epochs=1)
-    router.labelled = torch.tensor(labelled)
+    hooks = SelfMixHooks(model, 4, SelfMixConfig(), warmup_epochs=1)
+    hooks.labelled = torch.tensor(labelled)
     ids = torch.randint(1000, 2000, (4, 7))
     batch = Batch(ids, torch.ones(4, 7, dtype=torch.long), torch.arange(4), torch.tensor([0, 1, 0, 1]))
-    loss, extra = router.step_loss(model, batch, nullcontext)
+    loss, extra = hooks.step_loss(model, batch, nullcontext)
     loss.backward()
     assert torch.isfinite(loss) and model.training and model.head.weight.grad is not None
     assert set(extra) == (set() if all(labelled) else {"pseudo", "consistency"})
