@@ -1,7 +1,7 @@
 """
 The training engine: one optimizer step, one epoch of steps, the optimizer with its
 learning-rate schedule, and the stages a method's run goes through (Stages: a fresh model and
-optimizer where the method starts one). train.py runs them; bench.py times train_step itself,
+optimizer where the method starts one). train.py runs them; tools/bench_jobs.py times train_step itself,
 so what is measured is what trains.
 
 A step: the method's step_loss (Hooks: by default its gates -> forward under

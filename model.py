@@ -395,6 +395,6 @@ def count_params(module):
 
 def linear_shapes(cfg):
     """(in, out) features of each Linear sub-module of a Layer: the one shape table that
-    parameter counts (peft/) and FLOP counts (bench.py) read."""
+    parameter counts (peft/) and FLOP counts (tools/bench_report.py) read."""
     C, I = cfg.hidden_size, cfg.intermediate_size
     return {"query": (C, C), "key": (C, C), "value": (C, C), "attn_out": (C, C), "ffn_in": (C, I), "ffn_out": (I, C)}

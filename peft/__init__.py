@@ -14,9 +14,9 @@ the project needs to know of it:
     validate()              PeftError for an impossible setting
     inject(model)           wrap the layers of a model.Classifier
     trainable_params(...)   its closed-form trainable-parameter count, head included
-    branch_flops, extra_keys  its own matmul FLOPs and extra attention positions (tools/bench.py)
+    branch_flops, extra_keys  its own matmul FLOPs and extra attention positions (tools/bench_report.py)
     fold(layer, gate)       its modules as plain BERT weights (export.py), or PeftError (fold_note)
-The command line, methods/, checkpoint.py, clear.py and tools/bench.py read KINDS. A new kind
+The command line, methods/, checkpoint.py, clear.py and tools/bench_jobs.py read KINDS. A new kind
 is one such class in any file (see tests/test_registry.py).
 
 The kinds of this package, one file per family, registered in this order:
