@@ -24,7 +24,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -289,10 +289,10 @@ def summarise(r):
     }
 
 
-def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
+def load_run(run_dir, device="auto", overrides=None):
     """A finished run rebuilt from its summary.json config and saved PEFT weights:
     (model on its device in eval mode, tokenizer, hooks, config Namespace, class names, saved summary).
-    clear_eval: CleaR's gate mode for this use (default: the run's own); overrides: other settings."""
+    overrides: {setting: value} for this use instead of the run's own (e.g. an evaluation mode)."""
     summary_path = os.path.join(run_dir or "", "summary.json")
     if not os.path.isfile(summary_path):
         raise RunError(f"{summary_path} not found: {run_dir!r} is not a finished run of train.py")
@@ -309,8 +309,6 @@ def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
     class_names = checkpoint.read_peft_config(run_dir)["class_names"]
     defaults = vars(parse_args(["--method", config["method"]]))  # settings added since the run was made
     cfg = argparse.Namespace(**{**defaults, **config, "device": device, **(overrides or {})})
-    if clear_eval is not None:
-        cfg.clear_eval = clear_eval
     dev, _ = pick_device(cfg.device)
     model, tokenizer = build_model(cfg, len(class_names))
     checkpoint.load_peft(model, run_dir)
@@ -318,9 +316,17 @@ def load_run(run_dir, device="auto", clear_eval=None, overrides=None):
     return model.to(dev).eval(), tokenizer, hooks, cfg, class_names, saved
 
 
-def evaluate_saved(args):
+def given_method_settings(args, argv):
+    """The methods' own settings typed on this command line (argv): --eval_only evaluates the saved run
+    with them instead of its own (e.g. another evaluation mode of its gates)."""
+    typed = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
+    own = {f.name for m in methods.METHODS.values() if m.settings for f in fields(m.settings)}
+    return {name: getattr(args, name) for name in typed & own}
+
+
+def evaluate_saved(args, argv):
     """--eval_only: rebuild a finished run (load_run), report its test accuracy."""
-    model, tokenizer, hooks, cfg, _, saved = load_run(args.load, args.device, args.clear_eval)
+    model, tokenizer, hooks, cfg, _, saved = load_run(args.load, args.device, given_method_settings(args, argv))
     device, autocast = pick_device(cfg.device, cfg.precision)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed,
                         max_test=cfg.max_test)
@@ -338,9 +344,10 @@ EXPECTED_ERRORS = (ModelLoadError, checkpoint.CheckpointError, data.DataError, D
 def main(argv=None):
     args = None
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = parse_args(argv)
         if args.eval_only:
-            return evaluate_saved(args)
+            return evaluate_saved(args, argv)
         own_run = methods.get(args.method).run  # a method without train.py's loop (methods/practitioner.py)
         return own_run(args) if own_run else run(args)
     except EXPECTED_ERRORS as e:  # bad input: one clear line, no traceback
