@@ -4,8 +4,13 @@ Match-Tuning: each [CLS] representation is mixed with the batch's before the cla
 Reference: Tong et al. 2022, "Robust Fine-tuning via Perturbation and Interpolation from
 In-batch Instances" (Match-Tuning), IJCAI, Sec. 3.
 
+As published (the official code, tongshoujie/MATCH-TUNING): a freshly initialised dense layer
+before the in-batch matching, the whole model fine-tuned. `--match_init identity` (the dense
+layer starting as the identity) and `--match_mix none` (the same layer, no matching) are the
+ablation and the control.
+
 Usage:
-    replace_head_with_match(model, tau=3.0)     # model.head becomes a MatchHead
+    replace_head_with_match(model, MatchConfig(match_tau=3.0))   # model.head becomes a MatchHead
     hooks = MatchHooks(model)                 # no extra loss; logs where the mixing mass goes
 """
 
@@ -20,14 +25,23 @@ from settings import SettingError, setting
 from hooks import Hooks, fp32_region
 
 
+BERT_INIT_STD = 0.02  # the standard deviation BERT initialises a new linear layer's weights with (Devlin et al.)
+
+
 @dataclass
 class MatchConfig:
     """Match-Tuning (match_tuning.py, Tong et al. 2022)"""
-    match_tau: float = setting(3.0, "temperature of the in-batch similarity z z^T / tau (unpublished; 3 is a "
-                                    "first guess from MiniLM [CLS] dot products, not yet tuned)")
+    match_tau: float = setting(3.0, "temperature of the in-batch similarity z z^T / tau (unpublished; choose it "
+                                    "on noisy validation)")
     match_eval: str = setting("plain", "evaluation: plain z (batch-independent) or the in-batch mix",
                               choices=("plain", "mix"))
     match_lr: float = setting(None, "peak learning rate of the new dense layer match_dense (default: --lr)")
+    match_init: str = setting("normal", "match_dense's initial weights: normal = N(0, 0.02), zero bias, as BERT "
+                              "initialises a new linear layer (the official code's fresh dense layer); identity = "
+                              "the pretrained [CLS] states unchanged at step 0 (an ablation)",
+                              choices=("normal", "identity"))
+    match_mix: str = setting("batch", "batch: mix each representation with the batch's (Match-Tuning); none: the "
+                             "same dense layer without mixing (the control)", choices=("batch", "none"))
 
     def __post_init__(self):
         if not self.match_tau > 0:
@@ -43,18 +57,24 @@ class MatchHead(nn.Module):
     tau -> 0 gives z~ = z when each example is its own nearest neighbour in dot product
     (e.g. equal norms, as after a LayerNorm); a much longer z_j can still attract row i.
     Evaluation uses the plain z, so a prediction never depends on the rest of the batch;
-    eval_mix=True keeps the mix. match_dense starts as the identity with zero bias: the
-    first similarities are those of the pretrained [CLS] states, and the plain path
-    equals the old head (replace_head_with_match copies it), so nothing is lost at step 0."""
+    match_eval "mix" keeps the mix. match_dense starts as a new BERT linear layer
+    (N(0, 0.02), zero bias): z is small and nearly isotropic at step 0, so each row's mix
+    spreads over the batch - the perturbation of Sec. 3.1. With match_init "identity" the
+    first similarities are those of the pretrained [CLS] states (long, similar vectors: the
+    mix stays mostly on the example itself) and the plain path equals the old head.
+    match_mix "none" keeps the layer and skips the mix: the control."""
 
-    def __init__(self, hidden, num_classes, tau, eval_mix=False, dropout=0.1):
+    def __init__(self, hidden, num_classes, cfg, dropout=0.1):
         super().__init__()
-        if not tau > 0:
-            raise SettingError(f"--match_tau must be > 0, got {tau}")
-        self.tau, self.eval_mix = tau, eval_mix
+        if not cfg.match_tau > 0:
+            raise SettingError(f"--match_tau must be > 0, got {cfg.match_tau}")
+        self.tau, self.eval_mix, self.mixes = cfg.match_tau, cfg.match_eval == "mix", cfg.match_mix == "batch"
         self.match_dense = nn.Linear(hidden, hidden)
         with torch.no_grad():
-            self.match_dense.weight.copy_(torch.eye(hidden))
+            if cfg.match_init == "identity":
+                self.match_dense.weight.copy_(torch.eye(hidden))
+            else:
+                self.match_dense.weight.normal_(0.0, BERT_INIT_STD)
             self.match_dense.bias.zero_()
         self.dropout = nn.Dropout(dropout)  # on z~, where BERT puts it: the similarities see no dropout noise
         self.classifier = nn.Linear(hidden, num_classes)
@@ -68,7 +88,7 @@ class MatchHead(nn.Module):
     def as_linear(self):
         """The evaluation path classifier(match_dense(h)) as one nn.Linear (export.py); None when
         evaluation mixes the batch (eval_mix), which no per-example classifier can express."""
-        if self.eval_mix:
+        if self.eval_mix and self.mixes:
             return None
         d, c = self.match_dense, self.classifier
         out = nn.Linear(d.in_features, c.out_features).to(c.weight.device)
@@ -86,17 +106,17 @@ class MatchHead(nn.Module):
     def forward(self, h):
         z = self.match_dense(h)  # (B, C)
         self.last_mix = None
-        if self.training or self.eval_mix:
+        if self.mixes and (self.training or self.eval_mix):
             z, M = self.mix(z)
             self.last_mix = M.detach()
         return self.classifier(self.dropout(z))  # (B, K)
 
 
-def replace_head_with_match(model, tau, eval_mix=False):
-    """Swap model.head for a MatchHead whose classifier starts as the old head. The
-    Classifier's dropout moves into the head (after the mix), so h is not dropped twice."""
+def replace_head_with_match(model, cfg):
+    """Swap model.head for a MatchHead (cfg: MatchConfig) whose classifier starts as the old head.
+    The Classifier's dropout moves into the head (after the mix), so h is not dropped twice."""
     old = model.head
-    head = MatchHead(old.in_features, old.out_features, tau, eval_mix, model.head_dropout.p).train(model.training)
+    head = MatchHead(old.in_features, old.out_features, cfg, model.head_dropout.p).train(model.training)
     with torch.no_grad():
         head.classifier.weight.copy_(old.weight)
         head.classifier.bias.copy_(old.bias)
@@ -112,7 +132,7 @@ class MatchHooks(Hooks):
 
     def __init__(self, model):
         if not isinstance(model.head, MatchHead):
-            raise SettingError("MatchHooks needs replace_head_with_match(model, tau) first")
+            raise SettingError("MatchHooks needs replace_head_with_match(model, cfg) first")
         self.head, self.mixes, self.last = model.head, [], []
 
     def extra_losses(self, out, batch):
@@ -150,8 +170,7 @@ class MatchMethod(methods.Method):
         return kind_class.standalone  # any PEFT kind, or --peft none (full fine-tuning)
 
     def build(self, model, args):
-        cfg = self.config(args)
-        replace_head_with_match(model, cfg.match_tau, eval_mix=cfg.match_eval == "mix")
+        replace_head_with_match(model, self.config(args))
 
     def hooks(self, model, args, num_train):
         return MatchHooks(model)
@@ -163,4 +182,8 @@ class MatchMethod(methods.Method):
         return bert.hidden_size ** 2 + bert.hidden_size
 
     def label(self, cfg):
-        return f"match ({cfg['peft']}, tau {cfg['match_tau']:g})"
+        """'match (lora, tau 3)'; a run made before match_init existed had the identity init."""
+        kind = "full" if cfg["peft"] == "none" else cfg["peft"]
+        extra = [f"tau {cfg['match_tau']:g}"] if cfg.get("match_mix", "batch") == "batch" else ["no mixing"]
+        extra += ["identity init"] if cfg.get("match_init", "identity") == "identity" else []
+        return f"match ({kind}, {', '.join(extra)})"

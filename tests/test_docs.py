@@ -39,7 +39,7 @@ def namespace():
     import train
     from clear import ClearConfig, ClearHooks
     from loramoe import LoRAMoE, LoRAMoEConfig, LoRAMoEHooks
-    from match_tuning import MatchHooks, replace_head_with_match
+    from match_tuning import MatchConfig, MatchHooks, replace_head_with_match
     from mixture import LossDetector, detector_metrics
     import peft
     model, n, rng = tiny_classifier(3), 12, np.random.default_rng(0)
@@ -55,7 +55,7 @@ def namespace():
                 true=rng.integers(0, 3, n), hooks=methods.get("lora").hooks(model, args, n), methods=methods,
                 peft=peft, engine=engine, checkpoint=checkpoint, torch=torch, stage=stage, batches=[batch],
                 ClearHooks=ClearHooks, ClearConfig=ClearConfig, LoRAMoE=LoRAMoE, LoRAMoEHooks=LoRAMoEHooks,
-                LoRAMoEConfig=LoRAMoEConfig, MatchHooks=MatchHooks, replace_head_with_match=replace_head_with_match,
+                LoRAMoEConfig=LoRAMoEConfig, MatchHooks=MatchHooks, MatchConfig=MatchConfig, replace_head_with_match=replace_head_with_match,
                 LossDetector=LossDetector, detector_metrics=detector_metrics, get=methods.get,
                 Step=engine.Step, train_step=engine.train_step, train_epoch=engine.train_epoch,
                 build_optimizer=engine.build_optimizer)

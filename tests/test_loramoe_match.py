@@ -11,7 +11,7 @@ from conftest import TINY_CONFIG, tiny_classifier
 from data import Batch
 from model import Linear
 from loramoe import LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoEHooks, balance_loss
-from match_tuning import MatchHead, MatchHooks, replace_head_with_match
+from match_tuning import MatchConfig, MatchHead, MatchHooks, replace_head_with_match
 
 K = 3
 
@@ -207,16 +207,42 @@ def test_loramoe_save_load_round_trip(tmp_path):
 # ---------------------------------------------------------------------------- Match-Tuning
 
 
-def match_model(tau=1.0, eval_mix=False):
-    return replace_head_with_match(pretrained(), tau, eval_mix)
+def match_config(tau=1.0, eval_mix=False, init="identity", mix="batch"):
+    return MatchConfig(match_tau=tau, match_eval="mix" if eval_mix else "plain", match_init=init, match_mix=mix)
 
 
-def test_match_head_keeps_the_old_head_at_init_and_mixes_rows_to_one():
+def match_model(tau=1.0, eval_mix=False, init="identity", mix="batch"):
+    return replace_head_with_match(pretrained(), match_config(tau, eval_mix, init, mix))
+
+
+def test_match_dense_starts_as_a_new_bert_layer_by_default():
+    """As published: a fresh dense layer before the matching - N(0, 0.02) weights, zero bias."""
+    torch.manual_seed(0)
+    head = MatchHead(384, K, MatchConfig())
+    w = head.match_dense.weight.detach()
+    assert abs(float(w.std()) - 0.02) < 0.001 and abs(float(w.mean())) < 0.001
+    assert torch.equal(head.match_dense.bias, torch.zeros(384))
+
+
+def test_the_no_mixing_control_keeps_the_layer_and_never_mixes():
+    model = match_model(tau=1.0, init="normal", mix="none").train()
+    b = make_batch(lengths=(5, 5, 5, 5))
+    out = model(b.input_ids, b.attention_mask)
+    assert model.head.last_mix is None and out.shape == (4, K)
+    model.eval()
+    h = model.encoder(b.input_ids, b.attention_mask)[:, 0]
+    head = model.head
+    want = head.classifier(head.match_dense(h))  # the plain path, batch-independent
+    torch.testing.assert_close(model(b.input_ids, b.attention_mask), want)
+    assert head.as_linear() is not None
+
+
+def test_match_head_keeps_the_old_head_at_identity_init_and_mixes_rows_to_one():
     model = pretrained()
     b = make_batch(lengths=(5, 5, 5, 5))
     with torch.no_grad():
         before = model(b.input_ids, b.attention_mask)
-        replace_head_with_match(model, tau=10.0)
+        replace_head_with_match(model, match_config(tau=10.0))
         after = model(b.input_ids, b.attention_mask)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)  # eval: plain z through the copied head
     assert model.head.last_mix is None and model.head.out_features == K
@@ -228,7 +254,7 @@ def test_match_head_keeps_the_old_head_at_init_and_mixes_rows_to_one():
 
 
 def test_tiny_tau_makes_the_mix_the_identity():
-    head = MatchHead(16, K, tau=1e-6)
+    head = MatchHead(16, K, match_config(tau=1e-6))
     z = F.normalize(torch.randn(5, 16), dim=-1) * 4  # equal norms: each row is its own nearest neighbour
     z_mix, M = head.mix(z)
     torch.testing.assert_close(z_mix, z, rtol=0, atol=1e-6)

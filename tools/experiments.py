@@ -39,10 +39,11 @@ TRAIN_PY = os.path.join(ROOT, "train.py")
 # a grid cell's method is a registry method (methods/: `--method NAME`) or one of these variants
 VARIANTS = {
     "clear": ["--method", "clear", "--peft", "lora"],
-    "match": ["--method", "match", "--peft", "lora"],
+    "match": ["--method", "match", "--peft", "lora", "--match_init", "identity"],  # as the results grid ran it
     "clear-adapter": ["--method", "clear", "--peft", "adapter"],
     # sweeps of the two settings DESIGN leaves open: Match-Tuning's tau, LoRAMoE's learning rate
-    **{f"match-tau{t:g}": ["--method", "match", "--peft", "lora", "--match_tau", f"{t:g}"] for t in (0.3, 1, 10)},
+    **{f"match-tau{t:g}": ["--method", "match", "--peft", "lora", "--match_tau", f"{t:g}", "--match_init", "identity"]
+       for t in (0.3, 1, 10)},
     "loramoe-lr2e-3": ["--method", "loramoe", "--lr", "2e-3"],
     # the clean-sample detector: the per-sample loss EMA off (the default is the official 0.9)
     "clear-ema0": ["--method", "clear", "--peft", "lora", "--loss_ema", "0"],

@@ -24,7 +24,7 @@ COMPARISONS = [
     ("adapter", "full", "PEFT memorises less than full fine-tuning"),
     ("clear (lora)", "lora", "CleaR beats its plain PEFT kind"),
     ("clear (adapter)", "adapter", "CleaR beats its plain PEFT kind"),
-    ("match (lora, tau 3)", "lora", "Match-Tuning helps"),
+    ("match (lora, tau 3, identity init)", "lora", "Match-Tuning helps"),
     ("loramoe (types clean)", "lora", "LoRAMoE against plain LoRA"),
     ("lora", "probe", "against the linear probe"),
     ("clear (lora)", "probe", "against the linear probe"),
