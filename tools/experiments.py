@@ -224,13 +224,31 @@ def scale_cells():
 
 
 GRIDS["scale"] = scale_cells()
+# The Match-Tuning grid (fidelity issue): the method as published - a fresh dense layer N(0, 0.02) before the
+# in-batch matching - on LoRA and on full fine-tuning (the paper's setting, full fine-tuning's learning rate),
+# 20ng and mr at sym 0.4, the results grid's budget. First a pilot on seed 0: tau over a range whose epoch-1
+# self-share (match_diag) spans well below 0.5, chosen on noisy validation (MATCH_TAU names the choice).
+MATCH_TAUS = (0.3, 1, 3, 10)
+MATCH_KINDS = {"lora": ["--peft", "lora"], "full": ["--peft", "none"]}
+VARIANTS.update({f"match-{k}-tau{t:g}": ["--method", "match", *a, "--match_tau", f"{t:g}"]
+                 for k, a in MATCH_KINDS.items() for t in MATCH_TAUS})
+MATCH_SETTINGS = [("20ng", ("sym", 0.4)), ("mr", ("sym", 0.4))]
+
+
+def match_cells():
+    """The pilot: every tau on both kinds and both settings, seed 0."""
+    return [c for d, noise in MATCH_SETTINGS for k in MATCH_KINDS
+            for c in cells([d], [noise], [f"match-{k}-tau{t:g}" for t in MATCH_TAUS], [0], RESULT_DATA)]
+
+
+GRIDS["match"] = match_cells()
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
            "precision": "results/precision", "results": "results/results", "accuracy": "results/accuracy",
-           "scale": "results/scale"}
+           "scale": "results/scale", "match": "results/match"}
 
 
 def status(cell, root):
