@@ -146,6 +146,21 @@ def balance_loss(route, mask, types, delta, beta):
     return beta * Z.var(correction=0) / (Z.mean() ** 2 + 1e-10)
 
 
+def blind_share(p_noisy, delta):
+    """Group 0's share of every sample's mass where a router that cannot see the types minimises the
+    balance loss (balance_loss), with a share p_noisy of the samples typed noisy. Such a router gives every
+    sample the same row Q = (a, 1 - a) per group; over the entries, the coefficients average u on group 0
+    and v on group 1, their squares A and B, and Var/Mean^2 of C * Q is least at a = B u / (B u + A v)
+    (the derivative's numerator factors as (A v a - B u (1 - a))). p_noisy = 0: (1 + delta) / 2, full
+    specialisation; 1/2 at p_noisy = 1/2. The shift a - 1/2 is all the constraint can do when the type is
+    not in the input; the typed-clean minus typed-noisy gap of group 0's share is what it does beyond it
+    (at most delta)."""
+    p, d = p_noisy, delta
+    u, v = (1 - p) * (1 - d) + p * (1 + d), (1 - p) * (1 + d) + p * (1 - d)
+    A, B = (1 - p) * (1 - d) ** 2 + p * (1 + d) ** 2, (1 - p) * (1 + d) ** 2 + p * (1 - d) ** 2
+    return B * u / (B * u + A * v)
+
+
 class LoRAMoEHooks(Hooks):
     """Returns the balance loss of every LoRAMoE module; with moe_types="clean" the sample
     types come from the loss mixture (mixture.py, as CleaR's) refitted after every epoch;
@@ -203,6 +218,12 @@ class LoRAMoEHooks(Hooks):
             n = visits[rows].sum()
             g0 = float(share0[rows].sum() / n) if n else None
             m[f"moe_g0_{kind}"], m[f"moe_g1_{kind}"] = g0, (None if g0 is None else 1 - g0)
+        if assigned is not None and m["moe_g0_typed_clean"] is not None and m["moe_g0_typed_noisy"] is not None:
+            # specialisation: the typed gap against its maximum, the common shift against a blind router's
+            m["moe_typed_gap"] = m["moe_g0_typed_clean"] - m["moe_g0_typed_noisy"]
+            m["moe_typed_gap_max"] = self.cfg.moe_delta
+            m["moe_shift"] = float(share0.sum() / visits.sum()) - 0.5
+            m["moe_blind_shift"] = blind_share(float(assigned.mean()), self.cfg.moe_delta) - 0.5
         m["moe_balance"] = balance
         if self.cfg.moe_types == "clean":
             m["moe_typed_noisy"] = float(self.types.float().mean())

@@ -342,3 +342,20 @@ def test_match_dense_gets_its_own_learning_rate(tiny_model_dir):
         assert ids <= dense if group["initial_lr"] == 5e-2 else not ids & dense  # (lr itself is warming up)
     assert sum(len(g["params"]) for g in opt.param_groups if g["initial_lr"] == 5e-2) == 2  # weight and bias
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_blind_share_is_the_minimum_a_type_blind_router_can_reach():
+    """blind_share's closed form against a brute-force minimum of balance_loss over rows that are the
+    same for every sample (a router that cannot see the types), at several noisy shares."""
+    from loramoe import balance_loss, blind_share
+    B, N = 40, 4
+    for p in (0.0, 0.2, 0.4, 0.5, 0.9):
+        types = (torch.arange(B) < round(p * B)).long()
+        best, best_a = None, None
+        for a in torch.linspace(0.3, 0.7, 4001):
+            Q = torch.tensor([a / 2, a / 2, (1 - a) / 2, (1 - a) / 2]).expand(B, 1, N)  # (B, T=1, N)
+            loss = float(balance_loss(Q, torch.ones(B, 1), types, 0.1, 1.0))
+            if best is None or loss < best:
+                best, best_a = loss, float(a)
+        assert abs(blind_share(float(types.float().mean()), 0.1) - best_a) < 2e-4
+    assert blind_share(0.0, 0.1) == pytest.approx(0.55) and blind_share(0.5, 0.1) == pytest.approx(0.5)
