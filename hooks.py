@@ -48,6 +48,8 @@ class Hooks:
         end_epoch(epoch, train_logits, observed, fit) -> refit per-sample state after the training-set
                                            pass; fit: that epoch's mixture.DetectorFit (clean_prob w)
         epoch_metrics(observed, true)   -> {name: value}: the one hook that sees the true labels
+        read_truth(observed, true)      -> called once before training, only for a configuration that is an
+                                           oracle by construction (Method.reads_truth names it)
 
     A batch (data.Batch) holds input_ids, attention_mask, index and the observed label: no
     per-batch hook can see a true label, only the per-epoch metrics do."""
@@ -88,6 +90,9 @@ class Hooks:
 
     def epoch_metrics(self, observed, true):
         return {}
+
+    def read_truth(self, observed, true):
+        pass
 
     def state_dict(self):
         return {}

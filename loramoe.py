@@ -106,6 +106,9 @@ class LoRAMoE(peft.PeftKind):
         return 2 * (self.trainable_params(bert, 0))
 
 
+MOE_TYPES = ("none", "clean", "truth")  # where sample types come from: nowhere, the loss mixture, the truth
+
+
 @dataclass
 class LoRAMoEConfig:
     """LoRAMoE balance (loramoe.py, Dou et al. 2024, Sec. 3.2)"""
@@ -113,11 +116,12 @@ class LoRAMoEConfig:
     moe_beta: float = setting(0.1, "weight of the balance loss")
     moe_types: str = setting("none", "sample types for the balance: none = plain balance; clean = after "
                                      "--warmup_epochs, loss-GMM clean samples to expert group 0, suspected noisy "
-                                     "to group 1", choices=("none", "clean"))
+                                     "to group 1; truth = the same with the true noisy flags (an oracle)",
+                             choices=MOE_TYPES)
 
     def __post_init__(self):
-        if self.moe_types not in ("none", "clean"):
-            raise SettingError(f"--moe_types must be none or clean, got {self.moe_types!r}")
+        if self.moe_types not in MOE_TYPES:
+            raise SettingError(f"--moe_types must be one of {MOE_TYPES}, got {self.moe_types!r}")
         if not 0 <= self.moe_delta < 1:
             raise SettingError(f"--moe_delta must be in [0, 1), got {self.moe_delta}")
 
@@ -173,8 +177,9 @@ class LoRAMoEHooks(Hooks):
         self.modules = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
         if not self.modules:
             raise SettingError("the model has no LoRAMoE layers; inject a loramoe.LoRAMoE kind first")
-        if cfg.moe_types == "clean" and any(m.n_experts < 2 for m in self.modules):
-            raise SettingError("--moe_types clean needs --moe_experts >= 2 for two expert groups")
+        if cfg.moe_types != "none" and any(m.n_experts < 2 for m in self.modules):
+            raise SettingError(f"--moe_types {cfg.moe_types} needs --moe_experts >= 2 for two expert groups")
+        self.truly_noisy = None  # --moe_types truth: the true noisy flags (read_truth)
         self.types = torch.zeros(num_train, dtype=torch.long)  # 1 = suspected noisy
         self.typed = False  # False: plain balance (moe_types="none", or still warming up)
         self.share0 = torch.zeros(num_train, dtype=torch.float64)  # per sample: sum of group 0's shares
@@ -203,8 +208,9 @@ class LoRAMoEHooks(Hooks):
         balance = self.loss_sum / self.steps if self.steps else None
         assigned = self.types.numpy().copy() if self.typed else None  # the types this epoch trained with
         self.last = (self.share0.numpy(), self.visits.numpy(), balance, assigned)
-        if self.cfg.moe_types == "clean" and epoch + 1 >= self.warmup_epochs:  # the detector CleaR uses
-            self.types, self.typed = torch.as_tensor(~looks_clean(fit.clean_prob)).long(), True  # from the next epoch on
+        if self.cfg.moe_types != "none" and epoch + 1 >= self.warmup_epochs:  # from the next epoch on
+            noisy = ~looks_clean(fit.clean_prob) if self.cfg.moe_types == "clean" else self.truly_noisy
+            self.types, self.typed = torch.as_tensor(noisy).long(), True  # clean: the detector CleaR uses
         self.share0, self.visits = torch.zeros_like(self.share0), torch.zeros_like(self.visits)
         self.loss_sum, self.steps = 0.0, 0
 
@@ -225,9 +231,12 @@ class LoRAMoEHooks(Hooks):
             m["moe_shift"] = float(share0.sum() / visits.sum()) - 0.5
             m["moe_blind_shift"] = blind_share(float(assigned.mean()), self.cfg.moe_delta) - 0.5
         m["moe_balance"] = balance
-        if self.cfg.moe_types == "clean":
+        if self.cfg.moe_types != "none":
             m["moe_typed_noisy"] = float(self.types.float().mean())
         return m
+
+    def read_truth(self, observed, true):
+        self.truly_noisy = observed != true  # (N,) bool: the oracle's types
 
     def state_dict(self):
         return {"types": self.types, "typed": self.typed}
@@ -246,8 +255,16 @@ class LoRAMoEMethod(methods.Method):
     peft = "loramoe"
     reads_all_tokens = True  # the balance loss counts every real token of every layer, the top one too
 
+    def finalize(self, args):
+        if args.moe_types == "truth" and args.noise == "none" and not args.noisy_labels:
+            raise SettingError("--moe_types truth reads the true noisy flags: it needs synthetic noise (--noise or "
+                               "--noisy_labels)")
+
     def hooks(self, model, args, num_train):
         return LoRAMoEHooks(model, num_train, self.config(args), warmup_epochs=args.warmup_epochs)
 
     def label(self, cfg):
         return f"loramoe (types {cfg['moe_types']})"
+
+    def reads_truth(self, cfg):
+        return "true noisy flags as types" if cfg.get("moe_types") == "truth" else None

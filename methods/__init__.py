@@ -21,6 +21,7 @@ An entry declares:
     default_lr          None: the PEFT kind's
     reads_all_tokens    True: the top layer computes every token (no [CLS]-only speed path)
     reference           True: an oracle or a baseline outside fine-tuning, shown beside the methods
+    reads_truth(cfg)    None, or the oracle's name where the hooks read the true labels (Hooks.read_truth)
     finalize(args)      defaults that depend on other flags, checked before anything is built
     build(model, args)  changes to the model after the PEFT kind is injected
     hooks(model, args, num_train) -> Hooks
@@ -92,6 +93,11 @@ class Method:
     def label(self, cfg):
         return cfg["method"]
 
+    def reads_truth(self, cfg):
+        """None, or the name of the oracle this configuration (a config dict) is: its hooks read the true
+        training labels by construction (Hooks.read_truth), so it is a reference, never a method."""
+        return None
+
 
 METHODS = Registry("method", make=lambda cls: cls())  # name -> Method instance, after the plain ones
 
@@ -136,9 +142,10 @@ def module_of(name):
 def label(cfg):
     """The method of a saved run's config as a reader names it: 'lora', 'clear (adapter)', ...; a
     reference run that trains on true labels says so: 'lora [oracle: clean-subset]'."""
-    name = get(cfg["method"], cfg.get("method_module")).label(cfg)
+    method = get(cfg["method"], cfg.get("method_module"))
     oracle = cfg.get("oracle") or "none"
-    return name if oracle == "none" else f"{name} [oracle: {oracle}]"
+    oracle = method.reads_truth(cfg) or oracle
+    return method.label(cfg) if oracle == "none" else f"{method.label(cfg)} [oracle: {oracle}]"
 
 
 # The method files register themselves when imported: the seed methods, then every module of this package.

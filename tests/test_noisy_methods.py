@@ -289,3 +289,18 @@ def test_far_exports_to_hugging_face_where_lora_folds(tiny_pretrained_dir, tiny_
     train.main(base(tiny_pretrained_dir, tiny_dataset, out, "--method", "far", "--export_hf", str(hf)))
     model, _, names = export.load_exported(str(hf))
     assert names == ["neg", "pos"] and os.path.isfile(hf / "config.json")
+
+
+def test_loramoe_truth_types_are_a_named_oracle(tiny_pretrained_dir, tiny_dataset, tmp_path):
+    """--moe_types truth: after warm-up the types are exactly the true noisy flags, the run is labelled an
+    oracle, and without synthetic noise it refuses in one line."""
+    import methods
+    summary = train.main(base(tiny_pretrained_dir, tiny_dataset, tmp_path / "run", "--method", "loramoe",
+                              "--moe_types", "truth", "--warmup_epochs", "1", "--epochs", "2"))
+    last = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")][-1]
+    assert last["moe_typed_noisy"] == pytest.approx(summary["realized_noise_rate"])
+    assert last["moe_typed_gap_max"] == 0.1 and last["moe_blind_shift"] is not None
+    assert methods.label(summary["config"]) == "loramoe (types truth) [oracle: true noisy flags as types]"
+    with pytest.raises(SystemExit):
+        train.main(base(tiny_pretrained_dir, tiny_dataset, tmp_path / "none", "--method", "loramoe",
+                        "--moe_types", "truth", "--noise", "none"))
