@@ -242,13 +242,27 @@ def match_cells():
 
 
 GRIDS["match"] = match_cells()
+# The LoRAMoE grid (fidelity issue): can the localized balance act on label-noise types at all? Against the
+# results grid's loramoe-clean cells (REUSED_LORAMOE), four controls on 20ng and mr at sym 0.4, seeds 0-2: the
+# constraint off (--moe_beta 0, the official script's default), no types (plain balance, our own extension), the
+# true noisy flags as types (an oracle), and plain LoRA on the same FFN linears with LoRAMoE's trainable-parameter
+# count (r 27: 629,780 on 20ng) and learning rate (5e-4).
+VARIANTS.update({
+    "loramoe-none": ["--method", "loramoe", "--moe_types", "none"],
+    "loramoe-off": ["--method", "loramoe", "--moe_types", "clean", "--moe_beta", "0"],
+    "loramoe-truth": ["--method", "loramoe", "--moe_types", "truth"],
+    "lora-ffn-r27": ["--method", "lora", "--lora_targets", "ffn_in,ffn_out", "--lora_r", "27", "--lr", "5e-4"],
+})
+LORAMOE_CONTROLS = ["loramoe-none", "loramoe-off", "loramoe-truth", "lora-ffn-r27"]
+GRIDS["loramoe"] = [c for s in (0, 1, 2) for d, noise in MATCH_SETTINGS
+                    for c in cells([d], [noise], LORAMOE_CONTROLS, [s], RESULT_DATA)]
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
            "precision": "results/precision", "results": "results/results", "accuracy": "results/accuracy",
-           "scale": "results/scale", "match": "results/match"}
+           "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe"}
 
 
 def status(cell, root):
