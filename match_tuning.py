@@ -186,4 +186,5 @@ class MatchMethod(methods.Method):
         kind = "full" if cfg["peft"] == "none" else cfg["peft"]
         extra = [f"tau {cfg['match_tau']:g}"] if cfg.get("match_mix", "batch") == "batch" else ["no mixing"]
         extra += ["identity init"] if cfg.get("match_init", "identity") == "identity" else []
+        extra += ["mixed evaluation"] if cfg.get("match_eval") == "mix" else []
         return f"match ({kind}, {', '.join(extra)})"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 import accuracy  # noqa: E402
+import fidelity  # noqa: E402
 import report  # noqa: E402
 import verdicts  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, atomic_write  # noqa: E402
@@ -348,6 +349,8 @@ def readme_blocks(grid, root, assets, draw=()):
     none, the same markdown)."""
     if grid is GRIDS.get("accuracy"):
         return accuracy_blocks(grid, root, assets, draw)
+    if grid is GRIDS.get("match") or grid is GRIDS.get("loramoe"):
+        return fidelity_blocks(grid, root)
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
@@ -393,6 +396,26 @@ def readme_blocks(grid, root, assets, draw=()):
             picture(cell.out_dir(root), path)
         blocks[f"picture-{method}"] = f"![{caption}]({path})"
     return blocks
+
+
+FIDELITY_BASELINES = {"match": ["lora", "full"], "loramoe": ["lora", "loramoe-clean"]}  # from the results grid
+
+
+def fidelity_blocks(grid, root):
+    """The Match-Tuning or LoRAMoE study's blocks (tools/fidelity.py), with the results grid's cells of
+    FIDELITY_BASELINES at the study's settings beside them."""
+    name = "match" if grid is GRIDS.get("match") else "loramoe"
+    settings = {(d, n, r) for d, (n, r) in MATCH_SETTINGS}
+    base = [c for c in GRIDS["results"] if c.method in FIDELITY_BASELINES[name] and (c.dataset, c.noise, c.rate)
+            in settings]
+    baseline = finished_runs(base, os.path.join(ROOT, RESULTS["results"]))
+    if name == "loramoe":
+        return fidelity.loramoe_blocks(finished_runs(grid, root), baseline)
+    pilot = [c for c in grid if c.method in {f"match-{k}-tau{t:g}" for k in MATCH_KINDS for t in MATCH_TAUS}
+             and c.seed == 0]
+    main = [c for c in grid if c not in pilot or c.method == f"match-{c.method.split('-')[1]}-tau"
+            f"{MATCH_TAU[c.method.split('-')[1]]:g}"]
+    return fidelity.match_blocks(finished_runs(pilot, root), finished_runs(main, root), baseline)
 
 
 def reused_runs(grid_name):

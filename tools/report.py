@@ -132,7 +132,8 @@ def table(runs, extra_columns=(), by_lr=False):
         # is memorisation still going on at the end? the memorised share's change over the last two epochs
         memorised = [m.get("noisy_memorized") for m in metrics[-3:]]
         rise = {"memorised_rise": memorised[-1] - memorised[0]} if len(memorised) == 3 and None not in memorised else {}
-        groups[group_key(cfg, by_lr, variant)].append({**metrics[-1], **summary, **selected_val, **rise})
+        first = {f"{k}@1": v for k, v in metrics[0].items()} if metrics else {}  # "key@1": the first epoch's
+        groups[group_key(cfg, by_lr, variant)].append({**first, **metrics[-1], **summary, **selected_val, **rise})
     head = ["dataset", "noise", "method", "seeds", "selected acc", "best acc", "last acc", "clean train acc",
             "memorised", "realised noise", "trainable", *extra_columns]
     rows = []

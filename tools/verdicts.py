@@ -57,16 +57,16 @@ def compare(means, a, b, dataset=None):
     return len(pairs), wins, memorised_less, diffs
 
 
-def table(runs, overall_only=False):
-    """Markdown: one row per comparison and dataset, then over every setting (overall_only: that
-    row alone, the README's short form)."""
+def table(runs, overall_only=False, comparisons=COMPARISONS):
+    """Markdown: one row per comparison (A, B, claim) and dataset, then over every setting
+    (overall_only: that row alone, the README's short form)."""
     means = setting_means(runs)
     datasets = [] if overall_only else sorted({d for d, _, _ in means})
     head = ["claim", "A vs B", "data", "settings", "A selected higher", "A memorised less", "selected A - B",
             "last A - B", "memorised A - B"]
     rows = []
     signed = lambda v: "-" if v is None else f"{v:+.1f}"
-    for a, b, claim in COMPARISONS:
+    for a, b, claim in comparisons:
         for dataset in datasets + ([None] if len(datasets) != 1 else []):
             n, wins, memorised_less, diffs = compare(means, a, b, dataset)
             if n:
