@@ -23,7 +23,7 @@ MATCH_COMPARISONS = [
     ("match (full, tau 1, identity init)", "match (full, tau 1)", "identity init against the published init"),
 ]
 LORAMOE_COMPARISONS = [
-    ("loramoe (types clean)", "loramoe (types clean, moe_beta 0)", "the constraint against none (official default)"),
+    ("loramoe (types clean)", "loramoe (types clean), moe_beta 0.0", "the constraint against none (official default)"),
     ("loramoe (types clean)", "loramoe (types none)", "label-noise types against no types"),
     ("loramoe (types truth) [oracle: true noisy flags as types]", "loramoe (types clean)",
      "perfect types against the detector's"),
