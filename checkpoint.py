@@ -214,18 +214,16 @@ def load_state(path):
 
 def prepare_out_dir(out, resume, overwrite, config, ignored=()):
     """The checkpoint state to resume from, or None for a fresh start; refuses to clobber a run. --resume
-    needs the same settings, except RESUME_IGNORED and `ignored` (settings the run does not use)."""
+    needs the same settings, except RESUME_IGNORED, `ignored` (settings the run does not use) and settings
+    the checkpoint does not know (added to the code since it was written: they take this command's value)."""
     path = os.path.join(out, CHECKPOINT_NAME)
     if resume:
         if not os.path.isfile(path):
-            old = os.path.join(out, "checkpoint.pt")
-            raise CheckpointError(f"--resume: {old} is a pickle from an older version, which is never loaded (a "
-                                  "pickle can run code): start over with --overwrite" if os.path.isfile(old)
-                                  else f"--resume: no checkpoint at {path}")
+            raise CheckpointError(f"--resume: no checkpoint at {path}")
         state = load_state(path)
         skip = set(RESUME_IGNORED) | set(ignored)
         old = {k: v for k, v in state["config"].items() if k not in skip}
-        new = {k: v for k, v in config.items() if k not in skip}
+        new = {k: v for k, v in config.items() if k not in skip and k in old}
         diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
         if diff:
             raise CheckpointError(f"--resume: settings differ from the checkpoint's (old, new): {diff}")

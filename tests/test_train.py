@@ -124,11 +124,22 @@ def test_bad_checkpoints_end_resume_with_one_line_and_stay(tiny_model_dir, tiny_
                            checkpoint.CHECKPOINT_NAME)
         assert err.count("\n") == 1, err
         assert (d / checkpoint.CHECKPOINT_NAME).read_bytes() == content
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "checkpoint.pt").write_bytes(b"a pickle that must never be loaded")
-    expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, old, "--epochs", "1", "--resume"), "pickle", "--overwrite")
-    assert (old / "checkpoint.pt").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("mine")
+    expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, empty, "--epochs", "1", "--resume"), "no checkpoint")
+    assert (empty / "notes.txt").read_text() == "mine"
+
+
+def test_resume_accepts_a_checkpoint_without_settings_added_since(tiny_model_dir, tiny_dataset, tmp_path):
+    """A checkpoint written before a setting existed resumes: the setting takes this command's value."""
+    first = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--epochs", "1"))
+    path = tmp_path / checkpoint.CHECKPOINT_NAME
+    state = checkpoint.load_state(str(path))
+    del state["config"]["val_fraction"]  # as if the run predated --val_fraction
+    checkpoint.save_state(str(path), state)
+    again = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--epochs", "1", "--resume"))
+    assert again["last_test_acc"] == first["last_test_acc"]
 
 
 def test_existing_run_is_not_overwritten(tiny_model_dir, tiny_dataset, tmp_path, capsys):
