@@ -97,6 +97,10 @@ class RunAndOutputs:
     resume: bool = setting(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = setting(False, "start over even if --out already holds a run")
     no_progress: bool = setting(False, "no tqdm bars (for logs)")
+    keep: str = setting("selected", "the weights a run saves (peft.safetensors: what predict.py, --export_hf and "
+                        "--eval_only use): selected = the epoch chosen on noisy validation (the last without a "
+                        "validation split), last = the last epoch's; checkpoint.safetensors always holds the last "
+                        "for --resume", choices=("selected", "last"))
     export_hf: str | None = setting(None, "after training, write the model merged into the Hugging Face "
                                     "BertForSequenceClassification layout in this folder (full, lora, bitfit; "
                                     "export.py)")

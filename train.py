@@ -195,6 +195,8 @@ def train_epoch(r, epoch):
           f"train clean acc {m['train_clean_acc']:.4f}{mem}")
     if r.rank == 0:
         write_metrics(args.out, [m], "a")
+        if args.keep == "selected" and selected_epoch(r.progress.history, r.hooks.stage_starts()) == epoch:
+            save_weights(r)  # the best epoch on noisy validation so far: the model the run will keep
         r.progress.wall_s += time.time() - r.started
         r.started = time.time()
         checkpoint.save_training_state(args.out, vars(args), r.progress, r.model, r.stages, r.hooks, r.detector)
@@ -218,7 +220,11 @@ def finish(r):
     dist.barrier()  # every rank has finished before rank 0 writes the results
     if r.rank != 0:
         return None
-    checkpoint.save_peft(r.model, args.out, extra={"class_names": r.ds.class_names})
+    kept = kept_epoch(r)
+    if kept == len(r.progress.history) - 1:
+        save_weights(r)  # --keep last, or no validation split: the model as it is now
+    else:
+        checkpoint.load_peft(r.model, args.out)  # the selected epoch's weights, saved when it ended
     if args.export_hf:
         export.export_hf(r.model, r.hooks, r.ds.class_names, args.model or default_model_dir(), args.export_hf)
         r.log(f"exported to {args.export_hf} (Hugging Face BertForSequenceClassification layout)")
@@ -233,6 +239,16 @@ def finish(r):
     checkpoint.write_json(os.path.join(args.out, "summary.json"), summary)
     print_done(args, summary)
     return summary
+
+
+def save_weights(r):
+    checkpoint.save_peft(r.model, r.args.out, extra={"class_names": r.ds.class_names})
+
+
+def kept_epoch(r):
+    """The index of the epoch whose weights the run keeps (--keep): the selected one, or the last."""
+    selected = selected_epoch(r.progress.history, r.hooks.stage_starts())
+    return len(r.progress.history) - 1 if r.args.keep == "last" or selected is None else selected
 
 
 def print_done(args, summary):
@@ -262,7 +278,7 @@ def selected_epoch(history, stage_starts):
     """The index of the first epoch with the best noisy-validation accuracy among the epochs of the last
     stage (a two-stage method's detecting stage is a means, not a candidate); None without validation."""
     val, first = [m["val_acc"] for m in history], max(stage_starts, default=0)
-    return first + int(np.argmax(val[first:])) if None not in val else None
+    return first + int(np.argmax(val[first:])) if None not in val and len(val) > first else None
 
 
 def summarise(r):
@@ -279,6 +295,7 @@ def summarise(r):
         "selected_test_acc": None if selected is None else accs[selected],
         "selected_epoch": None if selected is None else selected + 1,
         "selected_val_acc": None if selected is None else val[selected],
+        "kept_epoch": kept_epoch(r) + 1, "kept_test_acc": accs[kept_epoch(r)],
         "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "last_test_acc": accs[-1],
         "noisy_memorized": last["noisy_memorized"], "train_clean_acc": last["train_clean_acc"],
         "realized_noise_rate": report["realized_rate"], "source_noise_rate": report.get("source_noise_rate"),
@@ -329,16 +346,23 @@ def given_method_settings(args, argv):
 
 
 def evaluate_saved(args, argv):
-    """--eval_only: rebuild a finished run (load_run), report its test accuracy."""
-    model, tokenizer, hooks, cfg, _, saved = load_run(args.load, args.device, given_method_settings(args, argv))
+    """--eval_only: rebuild a finished run (load_run) and evaluate it as the run did (the same batches,
+    precision and folding), so the test accuracy is the one it reported for the kept epoch; with
+    --export_hf, also export it."""
+    model, tokenizer, hooks, cfg, names, saved = load_run(args.load, args.device, given_method_settings(args, argv))
     device, autocast = pick_device(cfg.device, cfg.precision)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed,
                         max_test=cfg.max_test)
     test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)
-    acc = float((Evaluator(args.eval_batch_size, device, autocast, hooks).logits(model, test_ids).argmax(1)
-                 == ds.test.labels).mean())
-    print(f"{args.load}: test acc {acc:.4f} (the run reported {saved['last_test_acc']:.4f} after its last epoch)")
-    return {"test_acc": acc, "saved_last_test_acc": saved["last_test_acc"]}
+    evaluator = Evaluator(cfg.eval_batch_size, device, autocast, hooks, cfg.max_len if cfg.pad_to_max_len else None)
+    eval_model = evaluation_model(model, hooks, not cfg.no_speedups and can_fold(model, hooks))
+    acc = float((evaluator.logits(eval_model, test_ids).argmax(1) == ds.test.labels).mean())
+    reported = saved.get("kept_test_acc", saved["last_test_acc"])  # runs before --keep kept the last epoch
+    print(f"{args.load}: test acc {acc:.4f} (the run reported {reported:.4f} for the epoch it kept)")
+    if args.export_hf:
+        export.export_hf(model, hooks, names, cfg.model or default_model_dir(), args.export_hf)
+        print(f"exported to {args.export_hf} (Hugging Face BertForSequenceClassification layout)")
+    return {"test_acc": acc, "reported_test_acc": reported}
 
 
 EXPECTED_ERRORS = (ModelLoadError, checkpoint.CheckpointError, data.DataError, DeviceError, dist.DistError,

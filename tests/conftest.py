@@ -94,7 +94,7 @@ def tiny_pretrained_dir(tiny_model_dir, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretraining")
     train.main(["--model", tiny_model_dir, "--dataset", tiny_dataset, "--out", str(out / "run"), "--method", "full",
                 "--noise", "none", "--lr", "1e-2", "--warmup_ratio", "0", "--batch_size", "16", "--epochs", "3",
-                "--max_len", "64", "--no_progress"])
+                "--max_len", "64", "--no_progress", "--keep", "last"])  # the fully trained encoder
     state = load_file(out / "run" / "peft.safetensors")
     encoder = Encoder(TINY_CONFIG)
     encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})

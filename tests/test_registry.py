@@ -139,7 +139,7 @@ def test_new_kind_and_routers_train_through_the_command_line(registered, tiny_pr
     assert summary["trainable_params"] == IA3().trainable_params(TINY_CONFIG, 2)  # the closed form holds
     assert summary["config"]["lr"] == IA3.default_lr
     assert train.main(["--eval_only", "--load", str(tmp_path / "ia3"), "--no_progress"])["test_acc"] == \
-        summary["last_test_acc"]  # saved and reloaded through the same registry entry
+        summary["kept_test_acc"]  # saved and reloaded through the same registry entry
 
     clear = train.main([*base, "--method", "clear", "--peft", "ia3", "--warmup_epochs", "1",
                         "--out", str(tmp_path / "clear")])  # CleaR routes the new kind at its base rate

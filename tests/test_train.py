@@ -175,7 +175,7 @@ def test_saved_run_reloads_to_the_same_accuracy(tiny_model_dir, tiny_dataset, tm
                 "match": ["match_diag", "match_same_label"]}.get(method, []):
         assert logged[key] is not None, key
     result = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])
-    assert result["test_acc"] == summary["last_test_acc"]
+    assert result["test_acc"] == summary["kept_test_acc"]  # the kept (selected) epoch, evaluated as the run did
     if method != "full":
         assert summary["trainable_params"] < summary["total_params"] / 5
 
@@ -222,3 +222,19 @@ def test_resume_ignores_settings_of_methods_the_run_does_not_use(tiny_model_dir,
     far_rows = next(f for f in fields(methods.get("far").settings) if f.name == "far_rows")
     monkeypatch.setattr(far_rows, "default", "drop" if far_rows.default != "drop" else "relabel")
     assert train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--epochs", "2", "--resume"))["config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("keep", ["selected", "last"])
+def test_the_kept_model_is_the_reported_one(tiny_model_dir, tiny_dataset, tmp_path, keep):
+    """--keep selected (the default) saves the epoch chosen on noisy validation, --keep last the last;
+    summary.json says which, --eval_only reproduces its test accuracy exactly, and --eval_only --export_hf
+    exports it."""
+    summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path / "run", "--epochs", "3", "--lr", "1e-2",
+                                  "--keep", keep))
+    want = summary["selected_epoch"] if keep == "selected" else 3
+    assert summary["kept_epoch"] == want
+    assert summary["kept_test_acc"] == read_metrics(tmp_path / "run")[want - 1]["test_acc"]
+    result = train.main(["--eval_only", "--load", str(tmp_path / "run"), "--no_progress",
+                         "--export_hf", str(tmp_path / "hf")])
+    assert result["test_acc"] == summary["kept_test_acc"]
+    assert (tmp_path / "hf" / "config.json").exists()
