@@ -31,6 +31,18 @@ NOISE_HELP = ("sym flips exactly a share r of the labels to another class; sym-i
 ORACLES = ("none", "clean-subset", "noise-free")  # --oracle: the references a perfect detector / no noise would give
 
 
+def kind_rates():
+    """'full 0.0001, lora 0.002, ...': each PEFT kind's default peak learning rate, for --lr's help."""
+    return ", ".join(f"{'full' if c.trains_base else k} {c.default_lr:g}" for k, c in peft.KINDS.items()
+                     if c.standalone)
+
+
+def foldable_kinds():
+    """The PEFT kinds whose modules fold into plain BERT weights (they define fold), for --export_hf's help."""
+    return ", ".join("full" if c.trains_base else k for k, c in peft.KINDS.items()
+                     if c.fold is not peft.PeftKind.fold)
+
+
 def peft_choices():
     """--peft: the PEFT kinds a method can sit on; none = full fine-tuning."""
     return [k for k, c in peft.KINDS.items() if c.standalone and not c.trains_base] + ["none"]
@@ -73,7 +85,8 @@ class Optimisation:
     epochs: int = setting(6, "training epochs")
     batch_size: int = setting(32, "training batch size")
     eval_batch_size: int = setting(64, "batch size for evaluation passes")
-    lr: float | None = setting(None, "peak learning rate (default: the PEFT kind's, peft/)")
+    lr: float | None = setting(None, lambda: f"peak learning rate; unset: the PEFT kind's ({kind_rates()}) or the "
+                               "method's own")
     weight_decay: float = setting(0.01, "AdamW weight decay (not on biases/LayerNorm)")
     warmup_ratio: float = setting(0.1, "fraction of steps with linear LR warm-up")
     lr_schedule: str = setting("linear", "linear: warm-up then linear decay to zero; constant: the peak "
@@ -101,9 +114,9 @@ class RunAndOutputs:
                         "--eval_only use): selected = the epoch chosen on noisy validation (the last without a "
                         "validation split), last = the last epoch's; checkpoint.safetensors always holds the last "
                         "for --resume", choices=("selected", "last"))
-    export_hf: str | None = setting(None, "after training, write the model merged into the Hugging Face "
-                                    "BertForSequenceClassification layout in this folder (full, lora, bitfit; "
-                                    "export.py)")
+    export_hf: str | None = setting(None, lambda: "after training (or with --eval_only), write the kept model "
+                                    "merged into the Hugging Face BertForSequenceClassification layout in this folder "
+                                    f"(the kinds that fold: {foldable_kinds()}; CleaR at its expected gates; export.py)")
     eval_only: bool = setting(False, "only evaluate the run saved in --load on its test split")
     load: str | None = setting(None, "a finished run's directory (with peft.safetensors) for --eval_only")
 
@@ -122,13 +135,20 @@ class SpeedAndPrecision:
                              "fp32", choices=("auto", "fp32", "bf16"))
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where there is none (its help says what unset means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 RUN_SETTINGS = (WhatToTrain, DataAndNoise, Optimisation, RunAndOutputs, SpeedAndPrecision)
 
 
 def parse_args(argv=None):
     """train.py's flags: the run's settings, then every PEFT kind's and every method's (generated)."""
     p = argparse.ArgumentParser(description="Fine-tune a pretrained BERT-style encoder on text classification "
-                                "with noisy labels.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "with noisy labels.", formatter_class=HelpWithDefaults)
     for cls in (*RUN_SETTINGS, *peft.KINDS.values(), *(m.settings for m in methods.METHODS.values() if m.settings)):
         add_flags(p, cls)
     return finalize(p.parse_args(argv))
