@@ -28,6 +28,7 @@ class RunError(RuntimeError):
 NOISE_HELP = ("sym flips exactly a share r of the labels to another class; sym-incl (the CleaR code's) redraws r of "
               "them from all K classes, so only r(K-1)/K change - r/2 on two classes; asym i -> i+1 with probability "
               "r; idn per-sample rates (Xia et al. 2020; on two classes the flip target cannot depend on the text)")
+DEFAULT_NOISE_RATE = 0.2  # --noise_rate where noise is drawn and no rate is given
 ORACLES = ("none", "clean-subset", "noise-free")  # --oracle: the references a perfect detector / no noise would give
 
 
@@ -64,9 +65,12 @@ class DataAndNoise:
     dataset: str = setting("mr", lambda: f"{', '.join(data.DATASETS)} (data.DATASETS), or a .csv/.tsv/.jsonl "
                            "file with text,label columns")
     test_file: str | None = setting(None, "test file for a user dataset (else a seeded 20%% split)")
-    noise: str = setting("sym", lambda: "label noise on the training split (noise.py): " + NOISE_HELP
-                         + ". The realised flip rate is printed and saved", choices=lambda: noise.NOISE_KINDS)
-    noise_rate: float = setting(0.2, "noise rate r in [0, 1)")
+    noise: str | None = setting(None, lambda: "synthetic label noise on the training split (noise.py): " + NOISE_HELP
+                                + ". Unset: sym on a packaged dataset (a benchmark), none on your own file (its "
+                                "labels as given). The realised flip rate is printed and saved",
+                                choices=lambda: noise.NOISE_KINDS)
+    noise_rate: float | None = setting(None, f"noise rate r in [0, 1); unset: {DEFAULT_NOISE_RATE} where noise is "
+                                       "drawn")
     noisy_labels: str | None = setting(None, "train on the observed labels of this noise file (a run's "
                                        "noisy_labels.csv) instead of drawing --noise")
     oracle: str = setting("none", "a reference that reads the true labels (never a method): clean-subset trains "
@@ -157,6 +161,7 @@ def parse_args(argv=None):
 def finalize(args):
     """Defaults that depend on other flags, and every check that needs no file: RunError,
     PeftError or SettingError with one clear line."""
+    resolve_noise(args)
     method = methods.get(args.method)
     kind = method.kind_name(args)
     if method.peft is None and not method.can_sit_on(peft.KINDS[kind]):
@@ -164,9 +169,6 @@ def finalize(args):
         raise RunError(f"--method {args.method} cannot sit on --peft {args.peft}: choose from {', '.join(ok)}")
     method.finalize(args)
     args.method_module = methods.module_of(args.method)  # where a fresh process finds the entry again (load_run)
-    if args.oracle != "none" and args.noise == "none" and not args.noisy_labels:
-        raise RunError(f"--oracle {args.oracle} needs synthetic noise (--noise or --noisy_labels): without it the "
-                       "true labels are unknown")
     for name, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_len", 2)):
         if getattr(args, name) < low:
             raise RunError(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -182,6 +184,25 @@ def finalize(args):
         label = args.method if kind == args.method or method.peft else f"{args.method}-{kind}"
         args.out = os.path.join("runs", f"{name}-{label}-{args.noise}{args.noise_rate:g}-s{args.seed}")
     return args
+
+
+def resolve_noise(args):
+    """Your own data is yours: a file trains on its labels as given unless --noise asks for synthetic noise;
+    a packaged dataset (a benchmark) gets sym noise at the default rate. A rate without noise is an error."""
+    own_file = args.dataset not in data.DATASETS
+    if args.noise is None:
+        args.noise = "none" if own_file or args.noisy_labels else "sym"
+    if args.oracle != "none" and args.noise == "none" and not args.noisy_labels:
+        raise RunError(f"--oracle {args.oracle} needs synthetic noise (--noise or --noisy_labels): without it the "
+                       "true labels are unknown")
+    if args.noise == "none":
+        if args.noise_rate not in (None, 0):
+            raise RunError(f"--noise_rate {args.noise_rate:g} without --noise: "
+                           + ("your file trains on its labels as given; " if own_file else "")
+                           + "add --noise sym (or asym, idn, ...) to corrupt them on purpose")
+        args.noise_rate = 0.0
+    elif args.noise_rate is None:
+        args.noise_rate = DEFAULT_NOISE_RATE
 
 
 def unused_settings(args):

@@ -51,6 +51,9 @@ def make_noisy_split(args, ds, encoder, tokenizer, device, log):
         if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
             features = sentence_embeddings(encoder.to(device), train_ids, args.eval_batch_size, device)
         observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
+        log("noise: none - training on the labels as given" if args.noise == "none" else
+            f"noise: {args.noise} r={args.noise_rate:g} drawn on purpose over the labels as given (synthetic; "
+            "--noise none trains on them as they are)")
     is_val = data.validation_split(observed, args.val_fraction, args.seed)
     source_rate = noise.noise_report(true[~is_val], observed[~is_val], K)["realized_rate"]
     observed, left_out = oracle_labels(args.oracle, observed, true, is_val, log)

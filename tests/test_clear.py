@@ -133,7 +133,7 @@ def test_eval_only_keeps_or_changes_the_gate_mode(tiny_pretrained_dir, tiny_data
     """--eval_only uses the saved run's CleaR gate mode unless --clear_eval is given."""
     summary = train.main(["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--out", str(tmp_path),
                           "--method", "clear", "--clear_eval", "sample", "--lr", "1e-2", "--warmup_ratio", "0",
-                          "--batch_size", "16", "--epochs", "2", "--warmup_epochs", "1", "--noise_rate", "0.3",
+                          "--batch_size", "16", "--epochs", "2", "--warmup_epochs", "1", "--noise", "sym", "--noise_rate", "0.3",
                           "--max_len", "64", "--no_progress"])
     assert summary["config"]["clear_eval"] == "sample"
     same = train.main(["--eval_only", "--load", str(tmp_path), "--no_progress"])
@@ -186,7 +186,7 @@ def test_clear_freeze_stops_the_peft_modules_after_warmup(tiny_pretrained_dir, t
     head trains, so the LoRA tensors after epoch 3 are those after epoch 1."""
     from safetensors.torch import load_file
     base = ["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--method", "clear", "--lr", "1e-2",
-            "--batch_size", "16", "--warmup_epochs", "1", "--noise_rate", "0.3", "--max_len", "64",
+            "--batch_size", "16", "--warmup_epochs", "1", "--noise", "sym", "--noise_rate", "0.3", "--max_len", "64",
             "--lr_schedule", "constant", "--no_progress", "--keep", "last"]  # the weights after each last epoch
     train.main([*base, "--epochs", "1", "--out", str(tmp_path / "one")])
     train.main([*base, "--epochs", "3", "--clear_freeze", "--out", str(tmp_path / "frozen")])

@@ -130,7 +130,7 @@ def registered():
 
 
 def test_new_kind_and_routers_train_through_the_command_line(registered, tiny_pretrained_dir, tiny_dataset, tmp_path):
-    base = ["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--epochs", "1", "--noise_rate", "0.2",
+    base = ["--model", tiny_pretrained_dir, "--dataset", tiny_dataset, "--epochs", "1", "--noise", "sym", "--noise_rate", "0.2",
             "--val_fraction", "0", *TINY]
     assert "ia3" in methods.names() and "coin" in methods.names()
     assert train.parse_args(["--method", "ia3", "--ia3_targets", "key"]).ia3_targets == "key"  # its own flag

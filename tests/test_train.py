@@ -51,7 +51,7 @@ def test_noisy_run_reports_memorisation(tiny_model_dir, tiny_dataset, tmp_path):
 
 def test_resume_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch):
     full = tmp_path / "full"
-    train.main(run_args(tiny_model_dir, tiny_dataset, full, "--noise_rate", "0.2"))
+    train.main(run_args(tiny_model_dir, tiny_dataset, full, "--noise", "sym", "--noise_rate", "0.2"))
 
     # a run that dies right after writing its second checkpoint
     cut = tmp_path / "cut"
@@ -66,11 +66,11 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path,
 
     monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
     with pytest.raises(SystemExit) as e:
-        train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise_rate", "0.2"))
+        train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise", "sym", "--noise_rate", "0.2"))
     assert e.value.code == 130
     assert len(read_metrics(cut)) == 2
     monkeypatch.setattr(checkpoint, "save_training_state", real_save)
-    train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise_rate", "0.2", "--resume"))
+    train.main(run_args(tiny_model_dir, tiny_dataset, cut, "--noise", "sym", "--noise_rate", "0.2", "--resume"))
 
     strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_s")} for m in ms]  # timings differ
     assert strip(read_metrics(cut)) == strip(read_metrics(full))
@@ -165,7 +165,7 @@ def test_command_line_error_has_no_traceback(tmp_path):
 @pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "bitfit", "full", "loramoe", "match", "clear"])
 def test_saved_run_reloads_to_the_same_accuracy(tiny_model_dir, tiny_dataset, tmp_path, method):
     """--eval_only --load rebuilds the model from the pretrained weights + saved PEFT file."""
-    extra = {"loramoe": ["--moe_types", "clean", "--warmup_epochs", "1"], "clear": ["--warmup_epochs", "1"],
+    extra = {"loramoe": ["--moe_types", "clean", "--warmup_epochs", "1"], "clear": ["--warmup_epochs", "1", "--noise", "sym"],
              "match": ["--peft", "bitfit"]}.get(method, [])
     summary = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path, "--method", method, "--epochs", "2",
                                   "--lr", "1e-2" if method != "full" else "1e-3", *extra))
@@ -238,3 +238,17 @@ def test_the_kept_model_is_the_reported_one(tiny_model_dir, tiny_dataset, tmp_pa
                          "--export_hf", str(tmp_path / "hf")])
     assert result["test_acc"] == summary["kept_test_acc"]
     assert (tmp_path / "hf" / "config.json").exists()
+
+
+def test_your_own_file_trains_on_its_labels_unless_noise_is_asked_for(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    """A user file: no synthetic noise by default (the log says so), noise only with --noise, and a rate
+    without --noise is refused in one line; a packaged benchmark keeps its sym default."""
+    own = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path / "own", "--epochs", "1"))
+    assert own["config"]["noise"] == "none" and own["realized_noise_rate"] == 0.0
+    assert "noise: none - training on the labels as given" in capsys.readouterr().out
+    asked = train.main(run_args(tiny_model_dir, tiny_dataset, tmp_path / "asked", "--epochs", "1", "--noise", "sym"))
+    assert asked["config"]["noise_rate"] == 0.2 and asked["realized_noise_rate"] > 0
+    expect_error(capsys, run_args(tiny_model_dir, tiny_dataset, tmp_path / "rate", "--noise_rate", "0.3"),
+                 "--noise_rate 0.3 without --noise")
+    packaged = train.parse_args(["--dataset", "mr"])
+    assert (packaged.noise, packaged.noise_rate) == ("sym", 0.2)
