@@ -60,10 +60,24 @@ def test_write_readme_draws_only_the_pictures_a_document_marks(monkeypatch, tmp_
     """--write_readme draws a grid's pictures only where some document shows them (no stray PNGs)."""
     drawn = []
     monkeypatch.setattr(experiments.report, "plot_memorisation", lambda runs, path: drawn.append(path))
-    grid, root = experiments.GRIDS["results"], os.path.join(experiments.ROOT, experiments.RESULTS["results"])
+    grid, root = experiments.GRIDS["methods"], os.path.join(experiments.ROOT, experiments.RESULTS["methods"])
     blocks = experiments.readme_blocks(grid, root, str(tmp_path), draw={"memorisation-mr"})
     assert drawn == [os.path.join(str(tmp_path), "results_memorisation_mr.png")]
     assert {"memorisation-20ng", "memorisation-r8"} <= set(blocks)  # the markdown of every block, drawn or not
     drawn.clear()
     experiments.readme_blocks(grid, root, str(tmp_path))
     assert drawn == []
+
+
+def test_committed_results_hold_no_machine_path():
+    """Nothing committed under results/ names a folder of the machine it ran on (results are portable)."""
+    import re
+    absolute = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users|mnt|data)/")
+    found = []
+    for folder, _, files in os.walk(os.path.join(experiments.ROOT, "results")):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if absolute.search(f.read()):
+                    found.append(os.path.relpath(path, experiments.ROOT))
+    assert not found, found[:5]

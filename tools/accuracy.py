@@ -11,7 +11,7 @@ gap to speak of, and the share is left out. experiments.readme_blocks writes the
 RESULTS.md and the README (blocks grid:accuracy:*), so no number here is typed by hand.
 
 Usage:
-    python tools/accuracy.py results/accuracy results/results    # print the verdicts
+    python tools/accuracy.py results/accuracy results/methods    # print the verdicts
 """
 
 import os

@@ -40,7 +40,7 @@ TRAIN_PY = os.path.join(ROOT, "train.py")
 # a grid cell's method is a registry method (methods/: `--method NAME`) or one of these variants
 VARIANTS = {
     "clear": ["--method", "clear", "--peft", "lora"],
-    "match": ["--method", "match", "--peft", "lora", "--match_init", "identity"],  # as the results grid ran it
+    "match": ["--method", "match", "--peft", "lora", "--match_init", "identity"],  # as the methods grid ran it
     "clear-adapter": ["--method", "clear", "--peft", "adapter"],
     # sweeps of the two settings DESIGN leaves open: Match-Tuning's tau, LoRAMoE's learning rate
     **{f"match-tau{t:g}": ["--method", "match", "--peft", "lora", "--match_tau", f"{t:g}", "--match_init", "identity"]
@@ -140,7 +140,7 @@ VARIANTS.update({f"clear-{p}": ["--method", "clear", "--peft", "lora", "--precis
 GRIDS["precision"] = [c for s in (0, 1, 2) for c in
                       cells(["mr"], [("sym", 0.4)], ["clear-fp32", "clear-bf16"], [s], {"mr": ["--max_train", "2000"]})
                       + cells(["20ng"], [("sym", 0.4)], ["clear-fp32", "clear-bf16"], [s], {"20ng": CPU_DATA})]
-# The results grid (results issue): every method on every dataset, 3 seeds, validation-selected, best and
+# The methods grid (results issue): every method on every dataset, 3 seeds, validation-selected, best and
 # last accuracy. mr (binary) with no noise and sym 0.2 / 0.4; 20 Newsgroups and R8 with sym 0.2 / 0.4, asym 0.4
 # and idn 0.4. The budget per cell is the fair-test setting (1,000 stratified training examples, 64 tokens,
 # 6 epochs: plain LoRA's memorised share still rising at the end), with 500 test examples; mr trains on
@@ -155,21 +155,21 @@ MR_RESULT_NOISE = [("sym", 0.4), ("none", 0.0), ("sym", 0.2)]
 
 
 def every_method(args):
-    """The results grid's cells (data settings x RESULT_METHODS x seeds 0-2, seed-major) with these train.py
+    """The methods grid's cells (data settings x RESULT_METHODS x seeds 0-2, seed-major) with these train.py
     arguments per dataset."""
     return [c for s in (0, 1, 2) for c in cells(["20ng", "r8"], MULTI_NOISE, RESULT_METHODS, [s], args)
             + cells(["mr"], MR_RESULT_NOISE, RESULT_METHODS, [s], args)]
 
 
-GRIDS["results"] = every_method(RESULT_DATA)
-# The results grid at the CleaR paper's scale: whole datasets, 128 tokens (train.py's default), the official 8
-# epochs, every method and noise setting of the results grid, 3 seeds - a single-GPU job (`--device cuda`, bf16
+GRIDS["methods"] = every_method(RESULT_DATA)
+# The methods grid at the CleaR paper's scale: whole datasets, 128 tokens (train.py's default), the official 8
+# epochs, every method and noise setting of the methods grid, 3 seeds - a single-GPU job (`--device cuda`, bf16
 # autocast); not yet run on a GPU.
 GRIDS["paper"] = every_method({d: ["--epochs", "8"] for d in ("20ng", "r8", "mr")})
 # The accuracy grid (accuracy issue): what a perfect detector would buy (the oracles), what a practitioner does
-# instead (confident learning on frozen embeddings) and the noisy-label methods of methods/, at the results grid's
+# instead (confident learning on frozen embeddings) and the noisy-label methods of methods/, at the methods grid's
 # budget and settings (mr sym 0.2 / 0.4; 20ng and R8 sym 0.2 / 0.4, asym 0.4, idn 0.4), seeds 0-2. LoRA and
-# CleaR come from the results grid (REUSED). First a pilot on seed 0 of four settings: filter-and-retrain's
+# CleaR come from the methods grid (REUSED). First a pilot on seed 0 of four settings: filter-and-retrain's
 # variants, chosen on noisy validation (ACCURACY_FAR names the chosen one).
 VARIANTS.update({
     "oracle-clean": ["--method", "lora", "--oracle", "clean-subset"],
@@ -185,7 +185,7 @@ PILOT_SETTINGS = [("20ng", ("sym", 0.4)), ("r8", ("sym", 0.4)), ("mr", ("sym", 0
 ACCURACY_FAR = "far-unlabelled"  # the variant the pilot chose on noisy validation (RESULTS.md, "Filter and retrain")
 ACCURACY_METHODS = ["oracle-clean", "oracle-noisefree", "practitioner", ACCURACY_FAR, "selfmix", "gce", "elr",
                     "smallloss"]
-REUSED = {"results/results": ["lora", "clear"]}  # rows read from another grid's committed cells
+REUSED = {"results/methods": ["lora", "clear"]}  # rows read from another grid's committed cells
 
 
 def accuracy_cells():
@@ -205,8 +205,8 @@ def accuracy_cells():
 GRIDS["accuracy"] = accuracy_cells()
 # The scale grid (fidelity issue): do the claims hold with more data? Plain LoRA, CleaR (LoRA), full
 # fine-tuning and the accuracy grid's most consistent method (GCE) on 20ng sym 0.4 and mr sym 0.2 at 1,000,
-# 2,000, 5,000 and every training example, the results grid's 64 tokens, 6 epochs and 500 test examples, seeds
-# 0-2. The results grid's and accuracy grid's cells give 20ng at 1,000 and mr at 2,000 (SCALE_REUSED).
+# 2,000, 5,000 and every training example, the methods grid's 64 tokens, 6 epochs and 500 test examples, seeds
+# 0-2. The methods grid's and accuracy grid's cells give 20ng at 1,000 and mr at 2,000 (SCALE_REUSED).
 SCALE_METHODS = ["lora", "clear", "full", "gce"]
 SCALE_SIZES = {"20ng": (2000, 5000, None), "mr": (1000, 5000, None)}  # None: the whole training split
 SCALE_NOISE = {"20ng": ("sym", 0.4), "mr": ("sym", 0.2)}
@@ -227,7 +227,7 @@ def scale_cells():
 GRIDS["scale"] = scale_cells()
 # The Match-Tuning grid (fidelity issue): the method as published - a fresh dense layer N(0, 0.02) before the
 # in-batch matching - on LoRA and on full fine-tuning (the paper's setting, full fine-tuning's learning rate),
-# 20ng and mr at sym 0.4, the results grid's budget. First a pilot on seed 0: tau over a range whose epoch-1
+# 20ng and mr at sym 0.4, the methods grid's budget. First a pilot on seed 0: tau over a range whose epoch-1
 # self-share (match_diag) spans well below 0.5, chosen on noisy validation (MATCH_TAU names the choice).
 MATCH_TAUS = (0.3, 1, 3, 10)
 MATCH_KINDS = {"lora": ["--peft", "lora"], "full": ["--peft", "none"]}
@@ -263,7 +263,7 @@ def match_cells():
 
 GRIDS["match"] = match_cells()
 # The LoRAMoE grid (fidelity issue): can the localized balance act on label-noise types at all? Beside the
-# results grid's LoRA cells, LoRAMoE with loss-mixture types and four controls on 20ng and mr at sym 0.4, seeds 0-2: the
+# methods grid's LoRA cells, LoRAMoE with loss-mixture types and four controls on 20ng and mr at sym 0.4, seeds 0-2: the
 # constraint off (--moe_beta 0, the official script's default), no types (plain balance, our own extension), the
 # true noisy flags as types (an oracle), and plain LoRA on the same FFN linears with LoRAMoE's trainable-parameter
 # count (r 27: 629,780 on 20ng) and learning rate (5e-4).
@@ -274,7 +274,7 @@ VARIANTS.update({
     "lora-ffn-r27": ["--method", "lora", "--lora_targets", "ffn_in,ffn_out", "--lora_r", "27", "--lr", "5e-4"],
 })
 LORAMOE_CONTROLS = ["loramoe-none", "loramoe-off", "loramoe-truth", "lora-ffn-r27", "loramoe-clean"]  # the last:
-# the results grid's cells again, with this code's specialisation metrics (the same training, tested)
+# the methods grid's cells again, with this code's specialisation metrics (the same training, tested)
 GRIDS["loramoe"] = [c for s in (0, 1, 2) for d, noise in MATCH_SETTINGS
                     for c in cells([d], [noise], LORAMOE_CONTROLS, [s], RESULT_DATA)]
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
@@ -282,7 +282,7 @@ GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lo
 
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
-           "precision": "results/precision", "results": "results/results", "accuracy": "results/accuracy",
+           "precision": "results/precision", "methods": "results/methods", "accuracy": "results/accuracy",
            "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe"}
 
 
@@ -355,7 +355,7 @@ def readme_blocks(grid, root, assets, draw=()):
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
-    results = grid is GRIDS.get("results")  # the results grid: verdicts, every noise setting, results_* pictures
+    results = grid is GRIDS.get("methods")  # the methods grid: verdicts, every noise setting, results_* pictures
     if results and everything:  # each claim as numbers (tools/verdicts.py)
         blocks["verdicts"] = verdicts.table(everything)
         blocks["verdicts-all"] = verdicts.table(everything, overall_only=True)
@@ -399,17 +399,17 @@ def readme_blocks(grid, root, assets, draw=()):
     return blocks
 
 
-FIDELITY_BASELINES = {"match": ["lora", "full"], "loramoe": ["lora"]}  # from the results grid
+FIDELITY_BASELINES = {"match": ["lora", "full"], "loramoe": ["lora"]}  # from the methods grid
 
 
 def fidelity_blocks(grid, root):
-    """The Match-Tuning or LoRAMoE study's blocks (tools/fidelity.py), with the results grid's cells of
+    """The Match-Tuning or LoRAMoE study's blocks (tools/fidelity.py), with the methods grid's cells of
     FIDELITY_BASELINES at the study's settings beside them."""
     name = "match" if grid is GRIDS.get("match") else "loramoe"
     settings = {(d, n, r) for d, (n, r) in MATCH_SETTINGS}
-    base = [c for c in GRIDS["results"] if c.method in FIDELITY_BASELINES[name] and (c.dataset, c.noise, c.rate)
+    base = [c for c in GRIDS["methods"] if c.method in FIDELITY_BASELINES[name] and (c.dataset, c.noise, c.rate)
             in settings]
-    baseline = finished_runs(base, os.path.join(ROOT, RESULTS["results"]))
+    baseline = finished_runs(base, os.path.join(ROOT, RESULTS["methods"]))
     if name == "loramoe":
         return fidelity.loramoe_blocks(finished_runs(grid, root), baseline)
     pilot = [c for c in grid if c.method in {f"match-{k}-tau{t:g}" for k in MATCH_KINDS for t in MATCH_TAUS}
@@ -431,8 +431,8 @@ def reused_runs(grid_name):
 
 def accuracy_blocks(grid, root, assets, draw=()):
     """The accuracy grid's blocks (tools/accuracy.py): the verdicts, the targets, the pilot, a table per
-    dataset and the accuracy picture, with LoRA and CleaR from the results grid beside the new rows."""
-    runs = finished_runs([c for c in grid if c.method in ACCURACY_METHODS], root) + reused_runs("results")
+    dataset and the accuracy picture, with LoRA and CleaR from the methods grid beside the new rows."""
+    runs = finished_runs([c for c in grid if c.method in ACCURACY_METHODS], root) + reused_runs("methods")
     if not runs:
         return {}
     pilot = finished_runs([c for c in grid if c.method.startswith("far-") and c.seed == 0

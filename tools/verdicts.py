@@ -1,5 +1,5 @@
 """
-The verdicts of the results grid as numbers: for each claim, method A against method B in
+The verdicts of the methods grid as numbers: for each claim, method A against method B in
 every (dataset, noise) setting both ran - how often A's validation-selected test accuracy is
 higher and how often A memorises fewer of the wrong labels, and the mean differences (A - B,
 in points) of selected accuracy, last-epoch accuracy and memorised share, per dataset and over
@@ -8,7 +8,7 @@ first, so every setting counts once. experiments.readme_blocks writes the table 
 RESULTS.md (block `verdicts`), so no verdict's number is typed by hand.
 
 Usage:
-    python tools/verdicts.py results/results      # print the table
+    python tools/verdicts.py results/methods      # print the table
 """
 
 import sys
@@ -98,4 +98,4 @@ def moe_groups_table(runs):
 
 
 if __name__ == "__main__":
-    print(table(report.load_runs(sys.argv[1:] or ["results/results"])))
+    print(table(report.load_runs(sys.argv[1:] or ["results/methods"])))
