@@ -27,7 +27,7 @@ LORAMOE_COMPARISONS = [
     ("loramoe (types clean)", "loramoe (types none)", "label-noise types against no types"),
     ("loramoe (types truth) [oracle: true noisy flags as types]", "loramoe (types clean)",
      "perfect types against the detector's"),
-    ("loramoe (types clean)", "lora (lora_r 27, lora_targets ffn_in,ffn_out, lr 0.0005)",
+    ("loramoe (types clean)", "lora, lora_r 27, lora_targets ffn_in,ffn_out, lr 0.0005",
      "experts against one LoRA of the same size, place and rate"),
 ]
 MATCH_COLUMNS = ["match_diag@1", "match_diff_label@1", "match_diag", "val_last3", "det_auroc"]
