@@ -12,6 +12,7 @@ Usage:
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, fields
 
 import data
@@ -155,7 +156,39 @@ def parse_args(argv=None):
                                 "with noisy labels.", formatter_class=HelpWithDefaults)
     for cls in (*RUN_SETTINGS, *peft.KINDS.values(), *(m.settings for m in methods.METHODS.values() if m.settings)):
         add_flags(p, cls)
-    return finalize(p.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    refuse_idle_flags(args, {a[2:].split("=")[0] for a in argv if a.startswith("--")})
+    return finalize(args)
+
+
+# what --eval_only reads besides the saved run: where it runs, what it exports, a method's evaluation settings
+EVAL_ONLY_FLAGS = {"eval_only", "load", "device", "export_hf", "no_progress"}
+
+
+def refuse_idle_flags(args, typed):
+    """No flag is silently ignored: one typed where it cannot act is an error naming it (RunError)."""
+    if args.eval_only:
+        own = {f.name for m in methods.METHODS.values() if m.settings for f in fields(m.settings)}
+        idle = sorted(typed - EVAL_ONLY_FLAGS - own)
+        if idle:
+            raise RunError(f"--{idle[0]} does nothing with --eval_only (it evaluates the saved run's settings); "
+                           "drop it")
+        if not args.load:
+            raise RunError("--eval_only needs --load RUN (a finished run's folder)")
+        return
+    if args.load:
+        raise RunError("--load is for --eval_only; to continue a run use --resume with its --out")
+    if args.resume and args.overwrite:
+        raise RunError("--resume continues the run in --out and --overwrite starts it over: choose one")
+    method = methods.get(args.method)
+    idle = sorted(typed & unused_settings(args))
+    if idle:
+        owners = [m.name for m in methods.METHODS.values() if m.settings and idle[0] in
+                  {f.name for f in fields(m.settings)}] or [k for k, c in peft.KINDS.items()
+                                                            if idle[0] in {f.name for f in fields(c)}]
+        raise RunError(f"--{idle[0]} is a setting of {', '.join(owners)}; --method {args.method} (PEFT kind "
+                       f"{method.kind_name(args)}) does not use it")
 
 
 def finalize(args):

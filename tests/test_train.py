@@ -252,3 +252,18 @@ def test_your_own_file_trains_on_its_labels_unless_noise_is_asked_for(tiny_model
                  "--noise_rate 0.3 without --noise")
     packaged = train.parse_args(["--dataset", "mr"])
     assert (packaged.noise, packaged.noise_rate) == ("sym", 0.2)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--method", "lora", "--base_rate", "0.5"], "--base_rate is a setting of clear"),
+    (["--method", "full", "--lora_r", "4"], "--lora_r is a setting of lora"),
+    (["--eval_only"], "--eval_only needs --load"),
+    (["--eval_only", "--load", "runs/x", "--epochs", "3"], "--epochs does nothing with --eval_only"),
+    (["--load", "runs/x"], "--load is for --eval_only"),
+    (["--resume", "--overwrite"], "choose one"),
+    (["--dataset", "my.csv", "--noise_rate", "0.3"], "--noise_rate 0.3 without --noise"),
+], ids=["other-method", "other-kind", "eval-no-load", "eval-train-flag", "load-alone", "resume-overwrite",
+        "rate-no-noise"])
+def test_no_flag_is_silently_ignored(argv, fragment, capsys):
+    """A flag typed where it cannot act stops the run in one line, before anything is loaded."""
+    expect_error(capsys, argv, fragment)
