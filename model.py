@@ -11,7 +11,7 @@ References:
 
 This is the plain, textbook path (nn.Dropout, F.scaled_dot_product_attention, every
 token in every layer). The CPU speed paths that compute the same thing faster live in
-speedups.py, switched on in one place (train.build_model).
+speedups.py, switched on in one place (build.build_model).
 
 Two seams for the rest of the project:
 - every projection and LayerNorm takes an optional per-sample `gate` (B,). The plain

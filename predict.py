@@ -25,6 +25,7 @@ import numpy as np
 
 import data
 import export
+import saved_run
 import train
 from hooks import Hooks
 from calibration import softmax
@@ -79,7 +80,7 @@ class Predictor:
 def load_predictor(path, device):
     """The Predictor of a run folder or an --export_hf folder."""
     if os.path.isfile(os.path.join(path, "summary.json")):
-        model, tokenizer, hooks, cfg, names, _ = train.load_run(path, device)
+        model, tokenizer, hooks, cfg, names, _ = saved_run.load_run(path, device)
         try:
             model, hooks = export.fold_model(model, hooks), Hooks()  # merged: no gates left
         except export.ExportError:
@@ -134,7 +135,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         if args.export_hf:
-            model, _, hooks, cfg, names, _ = train.load_run(args.run, args.device)
+            model, _, hooks, cfg, names, _ = saved_run.load_run(args.run, args.device)
             export.export_hf(model, hooks, names, cfg.model or train.default_model_dir(), args.export_hf)
             print(f"exported {args.run} to {args.export_hf}")
             return None

@@ -46,6 +46,7 @@ from checkpoint import prepare_out_dir, write_json
 from evaluation import EpochPasses, memorisation, sentence_embeddings
 from label_issues import confident_joint
 from mixture import DetectorFit, auroc
+from model import load_pretrained
 from noisy_split import make_noisy_split
 from settings import SettingError, setting
 
@@ -148,7 +149,7 @@ def run(args):
     device, _ = train.pick_device(args.device, "fp32")
     ds = data.load_data(args.dataset, test_file=args.test_file, max_train=args.max_train, seed=args.seed,
                         max_test=args.max_test)
-    encoder, tokenizer = train.load_pretrained(args.model)
+    encoder, tokenizer = load_pretrained(args.model)
     prepare_out_dir(args.out, False, args.overwrite, vars(args))
     split = make_noisy_split(args, ds, encoder, tokenizer, device, print)
     (train_ids, true, observed), val = (split.train.ids, split.train.true, split.train.observed), split.val

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import checkpoint
 import data
 import evaluation
+import build
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,9 +38,9 @@ def test_two_rank_clear_run_gathers_every_example_once(tiny_pretrained_dir, tiny
     # the saved last-epoch losses, gathered from two ranks, equal one process's losses for every example
     cfg = train.parse_args(argv)
     ds = data.load_data(cfg.dataset)
-    model, tokenizer = train.build_model(cfg, len(ds.class_names))
+    model, tokenizer = build.build_model(cfg, len(ds.class_names))
     checkpoint.load_peft(model, str(out))
-    hooks = train.build_hooks(cfg, model, len(ds.train.labels))
+    hooks = build.build_hooks(cfg, model, len(ds.train.labels))
     ids = data.encode(tokenizer, ds.train.texts, cfg.max_len)
     logits = evaluation.Evaluator(64, torch.device("cpu"), nullcontext, hooks).logits(model, ids)
     saved = np.load(out / "per_sample.npz")

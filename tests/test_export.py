@@ -13,6 +13,8 @@ import evaluation
 import export
 import peft
 import predict
+import build
+import saved_run
 import train
 from hooks import Hooks
 from model import read_safetensors
@@ -25,8 +27,8 @@ def built(tiny_model_dir, *flags, num_classes=3, seed=0):
     PEFT delta is non-zero), in eval mode."""
     args = train.parse_args(["--model", tiny_model_dir, "--max_len", "32", *flags])
     torch.manual_seed(seed)
-    model, tokenizer = train.build_model(args, num_classes)
-    hooks = train.build_hooks(args, model, 10)
+    model, tokenizer = build.build_model(args, num_classes)
+    hooks = build.build_hooks(args, model, 10)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -160,7 +162,7 @@ def test_export_that_cannot_work_fails_before_training(tiny_model_dir, tiny_data
 
 def test_predict_cli(lora_run, tmp_path, capsys, monkeypatch):
     out, _ = lora_run
-    model, tokenizer, hooks, cfg, names, _ = train.load_run(str(out / "run"), "cpu")
+    model, tokenizer, hooks, cfg, names, _ = saved_run.load_run(str(out / "run"), "cpu")
     expected = torch.softmax(logits_of(model, tokenizer, hooks), 1).numpy()
     probs = predict.main([str(out / "run"), *TEXTS])  # LoRA folded for inference
     np.testing.assert_allclose(probs, expected, atol=1e-5)
@@ -199,6 +201,6 @@ def test_predict_bad_input_is_one_line(lora_run, tmp_path, capsys, argv, fragmen
                                                               "sample", "--warmup_epochs", "0")], ids=" ".join)
 def test_predict_runs_what_cannot_fold_with_its_own_gates(tiny_model_dir, tiny_dataset, tmp_path, flags):
     run(tiny_model_dir, tiny_dataset, tmp_path / "run", *flags, "--epochs", "1")
-    model, tokenizer, hooks, _, _, _ = train.load_run(str(tmp_path / "run"), "cpu")
+    model, tokenizer, hooks, _, _, _ = saved_run.load_run(str(tmp_path / "run"), "cpu")
     expected = torch.softmax(logits_of(model, tokenizer, hooks), 1).numpy()  # gates seeded per pass: repeatable
     np.testing.assert_allclose(predict.main([str(tmp_path / "run"), *TEXTS]), expected, atol=1e-6)

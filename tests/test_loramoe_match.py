@@ -331,10 +331,11 @@ def test_balance_sends_every_sample_to_its_group_whatever_its_length():
 def test_match_dense_gets_its_own_learning_rate(tiny_model_dir):
     import engine
     import methods
+    import build
     import train
     args = train.parse_args(["--method", "match", "--model", tiny_model_dir, "--max_len", "64", "--lr", "1e-3",
                              "--match_lr", "5e-2"])
-    model, _ = train.build_model(args, K)
+    model, _ = build.build_model(args, K)
     opt, _ = engine.build_optimizer(model, args.lr, 0.01, 0.1, 100, methods.get("match").lr_overrides(args))
     dense = {id(p) for p in model.head.match_dense.parameters()}
     for group in opt.param_groups:

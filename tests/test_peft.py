@@ -355,15 +355,16 @@ def test_param_summary_line():
 
 
 def test_linear_probe_trains_the_head_alone_on_fixed_features(tiny_model_dir):
+    import build
     import train
     args = train.parse_args(["--method", "probe", "--model", tiny_model_dir, "--max_len", "32"])
-    model, _ = train.build_model(args, 3)
+    model, _ = build.build_model(args, 3)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
     model.train()
     assert not model.encoder.training and model.head_dropout.training  # the head keeps its dropout
     ids = torch.randint(1000, 2000, (4, 12))
     mask = torch.ones_like(ids)
     torch.testing.assert_close(model.features(ids, mask), model.features(ids, mask), rtol=0, atol=0)
-    plain = train.build_model(train.parse_args(["--method", "lora", "--model", tiny_model_dir, "--max_len", "32"]), 3)[0]
+    plain = build.build_model(train.parse_args(["--method", "lora", "--model", tiny_model_dir, "--max_len", "32"]), 3)[0]
     plain.train()
     assert plain.encoder.training  # every other kind trains with dropout in the encoder

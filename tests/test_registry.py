@@ -22,6 +22,7 @@ import noise
 import peft
 import settings
 from hooks import Hooks
+import build
 import train
 from conftest import TINY_CONFIG, make_text_dataset
 from model import count_params
@@ -244,12 +245,12 @@ CASES = [["--method", m] for m in methods.names()] + [["--method", "clear", "--p
 @pytest.mark.parametrize("argv", CASES, ids=[" ".join(a[1::2]) for a in CASES])
 def test_every_method_builds_with_its_closed_form_parameter_count(argv, tiny_model_dir):
     args = train.parse_args([*argv, "--model", tiny_model_dir, "--max_len", "64"])
-    model, _ = train.build_model(args, 3)
+    model, _ = build.build_model(args, 3)
     method = methods.get(args.method)
     kind = peft.kind_config(method.kind_name(args), vars(args))
     assert count_params(model)[0] == kind.trainable_params(TINY_CONFIG, 3) + method.extra_params(TINY_CONFIG)
     assert isinstance(method.label(vars(args)), str)
-    hooks = train.build_hooks(args, model, 10)
+    hooks = build.build_hooks(args, model, 10)
     assert isinstance(hooks, Hooks)
 
 

@@ -38,6 +38,7 @@ import engine  # noqa: E402
 import methods  # noqa: E402
 import peft  # noqa: E402  ours; hf_step swaps in the peft package of the same name, in its own subprocess
 import speedups  # noqa: E402
+import build  # noqa: E402
 import train  # noqa: E402
 from hardware import pick_device  # noqa: E402
 from hooks import Hooks  # noqa: E402
@@ -165,11 +166,11 @@ def make_step(model, forward, hooks, targs, batch, autocast):
 def our_step(method, a, autocast, batch, compiled, checkpointing=False, paths=speedups.PATHS):
     """train.py's model and hooks for `method`, with the speed paths in `paths` switched on."""
     targs = train.parse_args(["--method", method, "--model", a.model, "--no_speedups"])
-    model, _ = train.build_model(targs, NUM_CLASSES)
+    model, _ = build.build_model(targs, NUM_CLASSES)
     speedups.enable(model, cls_only=not methods.get(method).reads_all_tokens, paths=paths)
     model.to(batch.label.device).train()
     model.encoder.grad_checkpointing = checkpointing
-    hooks = train.build_hooks(targs, model, NUM_TRAIN)
+    hooks = build.build_hooks(targs, model, NUM_TRAIN)
     # timed as after warm-up: per-epoch state (a detector's clean probabilities, a teacher) refit once
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(NUM_TRAIN, NUM_CLASSES, generator=g).numpy()
@@ -205,7 +206,7 @@ def hf_step(name, a, autocast, batch, compiled):
 def infer_job(a, method, device, autocast, sync):
     """Seconds per evaluation forward (eval, no_grad) of `method`'s model, its LoRA update unmerged vs
     merged into W0 (peft.merge_lora), alternating; and the largest logit difference merging makes."""
-    model, _ = train.build_model(train.parse_args(["--method", method, "--model", a.model]), NUM_CLASSES)
+    model, _ = build.build_model(train.parse_args(["--method", method, "--model", a.model]), NUM_CLASSES)
     model.to(device).eval()
     with torch.no_grad():
         for m in model.modules():
@@ -238,10 +239,10 @@ def paths_ab(a, method, device, autocast, sync):
         torch.manual_seed(0)
         batch = fake_batch(a.batch_size, a.max_len, device)
         targs = train.parse_args(["--method", method, "--model", a.model, "--no_speedups"])
-        model, _ = train.build_model(targs, NUM_CLASSES)
+        model, _ = build.build_model(targs, NUM_CLASSES)
         speedups.enable(model, cls_only=not methods.get(method).reads_all_tokens)
         model.to(device).train()
-        hooks = train.build_hooks(targs, model, NUM_TRAIN)
+        hooks = build.build_hooks(targs, model, NUM_TRAIN)
         step = make_step(model, model, hooks, targs, batch, autocast)
         infer = fake_batch(a.eval_batch_size, a.max_len, device)
 
