@@ -274,7 +274,7 @@ VARIANTS.update({
     "lora-ffn-r27": ["--method", "lora", "--lora_targets", "ffn_in,ffn_out", "--lora_r", "27", "--lr", "5e-4"],
 })
 LORAMOE_CONTROLS = ["loramoe-none", "loramoe-off", "loramoe-truth", "lora-ffn-r27", "loramoe-clean"]  # the last:
-# the methods grid's cells again, with this code's specialisation metrics (the same training, tested)
+# the methods grid's cells again, with this code's specialisation metrics (the same training; to be checked)
 GRIDS["loramoe"] = [c for s in (0, 1, 2) for d, noise in MATCH_SETTINGS
                     for c in cells([d], [noise], LORAMOE_CONTROLS, [s], RESULT_DATA)]
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
