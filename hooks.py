@@ -51,7 +51,7 @@ class Hooks:
         read_truth(observed, true)      -> called once before training, only for a configuration that is an
                                            oracle by construction (Method.reads_truth names it)
 
-    A batch (data.Batch) holds input_ids, attention_mask, index and the observed label: no
+    A batch (batching.Batch) holds input_ids, attention_mask, index and the observed label: no
     per-batch hook can see a true label, only the per-epoch metrics do."""
 
     summary_keys: ClassVar[tuple] = ()  # last-epoch metrics repeated in summary.json

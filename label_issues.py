@@ -17,8 +17,12 @@ DEFAULT_SCORE is the one that ranked the truly noisy samples best in our runs (R
 "Label issues"). ``confident_joint`` estimates the noise's transition counts from the model's
 probabilities in the spirit of cleanlab's confident joint (Northcutt et al. 2021, Sec. 3.1).
 
-Usage: ``scores = suspicion(loss_history, "mean_loss", ema=0.9)``;
-``write_label_issues(path, rows, ...)`` writes label_issues.csv, most suspect first.
+Usage:
+    >>> history = np.array([[0.1, 2.0, 0.3], [0.05, 1.5, 0.2]])   # (E epochs, N samples) losses
+    >>> suspicion(history, "mean_loss", ema=0.9).round(3).tolist()  # sample 1 looks mislabelled
+    [0.075, 1.75, 0.25]
+    >>> list(SCORES)
+    ['last_loss', 'ema_loss', 'mean_loss', 'mixture']
 """
 
 import csv
@@ -26,7 +30,8 @@ import csv
 import numpy as np
 
 from calibration import softmax
-from mixture import auroc, clean_probability
+from mixture import auroc, clean_probability, looks_clean
+from registry import Registry
 
 DEFAULT_SCORE = "mean_loss"  # measured: README "Label issues"
 
@@ -39,18 +44,37 @@ def ema_of(loss_history, ema):
     return smoothed
 
 
-SCORES = {  # name -> f(loss history (E, N), ema) -> (N,) suspicion, higher = more likely mislabelled
-    "last_loss": lambda h, ema: np.asarray(h[-1], dtype=np.float64),
-    "ema_loss": lambda h, ema: ema_of(h, ema),
-    "mean_loss": lambda h, ema: np.mean(np.asarray(h, dtype=np.float64), axis=0),
-    "mixture": lambda h, ema: 1.0 - clean_probability(ema_of(h, ema))[0],
-}
+SCORES = Registry("label-issue score")  # name -> f(loss history (E, N), ema) -> (N,) suspicion, higher = more suspect
+
+
+@SCORES.register("last_loss")
+def _last_loss(history, ema):
+    """the last epoch's loss"""
+    return np.asarray(history[-1], dtype=np.float64)
+
+
+@SCORES.register("ema_loss")
+def _ema_loss(history, ema):
+    """the detector's smoothed loss"""
+    return ema_of(history, ema)
+
+
+@SCORES.register("mean_loss")
+def _mean_loss(history, ema):
+    """the mean loss over the epochs"""
+    return np.mean(np.asarray(history, dtype=np.float64), axis=0)
+
+
+@SCORES.register("mixture")
+def _mixture(history, ema):
+    """1 - the loss mixture's clean posterior"""
+    return 1.0 - clean_probability(ema_of(history, ema))[0]
 
 
 def suspicion(loss_history, score, ema):
     """(N,) suspicion scores of one named score from the per-epoch losses (E, N)."""
     if score not in SCORES:
-        raise ValueError(f"unknown label-issue score {score!r}; choose one of {sorted(SCORES)}")
+        raise ValueError(f"unknown label-issue score {score!r}; choose one of {', '.join(SCORES)}")
     if len(loss_history) == 0:
         raise ValueError("no epochs were run, so no losses to rank by")
     return SCORES[score](loss_history, ema)
@@ -74,7 +98,7 @@ def flag_metrics(flagged, observed, true):
 def write_label_issues(path, rows, texts, observed, logits, clean_prob, scores, class_names, score_name):
     """label_issues.csv, most suspect first: one line per training example with its row in the data
     (`rows`), text, observed and predicted label, the model's probability of the observed label,
-    P(clean) from the detector, the ranking score and whether the detector calls it noisy (w <= 0.5)."""
+    P(clean) from the detector, the ranking score and whether the detector calls it noisy (not mixture.looks_clean)."""
     probs = softmax(logits)                          # (N, K)
     order = np.argsort(-np.asarray(scores), kind="stable")
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -84,7 +108,7 @@ def write_label_issues(path, rows, texts, observed, logits, clean_prob, scores, 
         for rank, i in enumerate(order, 1):
             out.writerow([rank, int(rows[i]), texts[i], class_names[observed[i]], class_names[probs[i].argmax()],
                           f"{probs[i, observed[i]]:.4f}", f"{clean_prob[i]:.4f}", f"{scores[i]:.6g}",
-                          int(clean_prob[i] <= 0.5)])
+                          int(not looks_clean(clean_prob[i]))])
 
 
 def confident_joint(logits, observed, num_classes):

@@ -1,8 +1,10 @@
 """Synthetic label noise for the training split.
 
-A noise model is a row-stochastic transition matrix T with
-T[i, j] = P(observed label j | true label i); the instance-dependent kind
-instead gives every sample its own row.  Kinds and where they come from:
+A noise model gives each training sample a distribution over the label it is observed with.
+A class-conditional model is one row-stochastic transition matrix T with
+T[i, j] = P(observed label j | true label i); an instance-dependent one gives every sample its
+own row. Each model is one entry of NOISE_MODELS (registry.py's shape), and --noise offers them
+with the entries' own help lines. The built-in ones and where they come from:
 
 * ``sym``      -- exclusive symmetric flip, as in Co-teaching (Han et al., 2018)
                   and SelfMix: with prob. r move to one of the other K-1 classes.
@@ -22,12 +24,22 @@ instead gives every sample its own row.  Kinds and where they come from:
 The caller applies noise to the training split only.  Everything is seeded
 through ``numpy.random.default_rng(seed)`` so a run is reproducible.
 
-Usage: ``noisy = add_noise(train_labels, "sym", 0.4, num_classes=4, seed=0)``
+Usage:
+    >>> import numpy as np
+    >>> true = np.repeat(np.arange(4), 500)
+    >>> noisy = add_noise(true, "sym", 0.4, num_classes=4, seed=0)
+    >>> bool(abs(np.mean(noisy != true) - 0.4) < 0.05)
+    True
+    >>> NOISE_MODELS["idn"].needs_features, NOISE_MODELS["asym"].transition(0.3, 3)[0].tolist()
+    (True, [0.7, 0.3, 0.0])
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
-TRANSITIONS = {}  # class-conditional kind -> fn(rate, K) -> its (K, K) transition matrix (register_transition)
-NOISE_KINDS = ["idn"]  # every kind --noise accepts: the TRANSITIONS (in registration order), then idn
+from registry import Registry, summary_of
+
 IDN_STD = 0.1  # std of the per-sample flip rate in Xia et al. (2020)
 
 
@@ -35,20 +47,53 @@ class NoiseError(ValueError):
     """An impossible or inconsistent noise setting."""
 
 
+@dataclass(frozen=True)
+class NoiseModel:
+    """One --noise choice: how each sample's observed label is drawn."""
+    name: str
+    summary: str              # its --noise help line
+    flip_probs: Callable      # (labels (N,), rate, K, rng, features) -> (N, K): row n = P(observed j | sample n)
+    transition: Callable | None = None  # class-conditional models: (rate, K) -> (K, K) T[i, j]
+    needs_features: bool = False  # instance-dependent on the pretrained encoder's embeddings of the samples
+    check: Callable | None = None  # (rate, K) -> None, or raises NoiseError for a setting it cannot draw
+
+
+NOISE_MODELS = Registry("noise kind")  # name -> NoiseModel, the --noise choices in registration order
+
+
+def register_transition(name, check=None):
+    """Decorator: fn(rate, K) -> (K, K) row-stochastic T[i, j] = P(observed j | true i) becomes
+    class-conditional noise kind `name` (--noise name), drawn, reported and checked like the built-in
+    ones; its --help line is the function's docstring."""
+    def add(fn):
+        rows = lambda labels, rate, k, rng, features: fn(rate, k)[labels]  # noqa: E731  (N, K)
+        NOISE_MODELS.register(name)(NoiseModel(name, summary_of(fn), rows, transition=fn, check=check))
+        return fn
+    return add
+
+
+def register_instance_dependent(name, needs_features=True, check=None):
+    """Decorator: fn(labels, rate, K, rng, features) -> (N, K) per-sample rows P(observed j) becomes
+    noise kind `name`; with needs_features the run passes the pretrained encoder's (N, d) embeddings."""
+    def add(fn):
+        NOISE_MODELS.register(name)(NoiseModel(name, summary_of(fn), fn, needs_features=needs_features, check=check))
+        return fn
+    return add
+
+
 def _check_setting(kind, rate, num_classes):
-    if kind not in NOISE_KINDS:
-        raise NoiseError(f"unknown noise kind {kind!r}; valid kinds are {', '.join(NOISE_KINDS)}")
+    if kind not in NOISE_MODELS:
+        raise NoiseError(f"unknown noise kind {kind!r}; valid kinds are {', '.join(NOISE_MODELS)}")
+    model = NOISE_MODELS[kind]
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise NoiseError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if kind == "none":
-        return  # rate is meaningless without noise, so it is not checked
+        return model  # rate is meaningless without noise, so it is not checked
     if not 0.0 <= rate < 1.0:  # written this way so that NaN fails too
         raise NoiseError(f"noise rate must be in [0, 1), got {rate}")
-    if kind == "asym" and num_classes == 2 and rate >= 0.5:
-        raise NoiseError(
-            f"asym noise with num_classes=2 needs rate < 0.5, got {rate}: the flipped "
-            "label would become the majority in every class, so the true labels "
-            "are unrecoverable")
+    if model.check:
+        model.check(rate, int(num_classes))
+    return model
 
 
 def _check_labels(labels, num_classes, name="labels"):
@@ -61,38 +106,40 @@ def _check_labels(labels, num_classes, name="labels"):
     return arr.astype(np.int64)
 
 
-def register_transition(name):
-    """Decorator: fn(rate, K) -> (K, K) row-stochastic T[i, j] = P(observed j | true i) becomes
-    noise kind `name` (--noise name), drawn, reported and checked like the built-in ones."""
-    def add(fn):
-        TRANSITIONS[name] = fn
-        if name not in NOISE_KINDS:
-            NOISE_KINDS.insert(len(NOISE_KINDS) - 1, name)
-        return fn
-    return add
-
-
+# ---------------------------------------------------------------- the built-in models
 @register_transition("none")
 def _none(rate, k):
+    """labels unchanged"""
     return np.eye(k)
 
 
 @register_transition("sym")
-def _sym(rate, k):  # exclusive: mass r spread over the K-1 other classes
+def _sym(rate, k):
+    """flips exactly a share r of the labels to one of the other classes"""
     t = np.full((k, k), rate / (k - 1))
     np.fill_diagonal(t, 1.0 - rate)
     return t
 
 
 @register_transition("sym-incl")
-def _sym_incl(rate, k):  # inclusive: r redrawn from all K classes
+def _sym_incl(rate, k):
+    """the CleaR code's: redraws r of them from all K classes, so only r(K-1)/K change - r/2 on two classes"""
     t = np.full((k, k), rate / k)
     np.fill_diagonal(t, 1.0 - rate + rate / k)
     return t
 
 
-@register_transition("asym")
-def _asym(rate, k):  # the mass r moves to the next class, cyclically
+def _asym_recoverable(rate, k):
+    if k == 2 and rate >= 0.5:
+        raise NoiseError(
+            f"asym noise with num_classes=2 needs rate < 0.5, got {rate}: the flipped "
+            "label would become the majority in every class, so the true labels "
+            "are unrecoverable")
+
+
+@register_transition("asym", check=_asym_recoverable)
+def _asym(rate, k):
+    """class i -> i+1 with probability r"""
     t = (1.0 - rate) * np.eye(k)
     t[np.arange(k), (np.arange(k) + 1) % k] += rate
     return t
@@ -100,11 +147,11 @@ def _asym(rate, k):  # the mass r moves to the next class, cyclically
 
 def transition_matrix(kind, rate, num_classes):
     """(K, K) float64 matrix T[i, j] = P(observed j | true i) for a class-conditional kind."""
-    _check_setting(kind, rate, num_classes)
-    if kind == "idn":
-        raise NoiseError("noise kind 'idn' has no transition matrix: it is instance-dependent, "
+    model = _check_setting(kind, rate, num_classes)
+    if model.transition is None:
+        raise NoiseError(f"noise kind {kind!r} has no transition matrix: it is instance-dependent, "
                          "each sample gets its own flip distribution from its features")
-    return TRANSITIONS[kind](rate, int(num_classes))
+    return model.transition(rate, int(num_classes))
 
 
 def _sample_rows(probs, rng):
@@ -132,8 +179,11 @@ def _truncated_normal(mean, std, size, rng, low=0.0, high=1.0):
     return out
 
 
-def _idn_probs(labels, rate, num_classes, features, rng):
-    """Per-sample flip distributions of Xia et al. (2020), Algorithm 1."""
+@register_instance_dependent("idn")
+def _idn(labels, rate, num_classes, rng, features):
+    """per-sample rates (Xia et al. 2020); on two classes the flip target cannot depend on the text"""
+    # Xia et al. (2020), Algorithm 1: each sample's flip rate q_n ~ N(r, 0.1^2) on [0, 1], its flip
+    # target softmax(x_n W_y) over the wrong classes.
     if features is None:
         raise NoiseError("noise kind 'idn' needs features, an (N, d) array such as the "
                          "encoder's mean-pooled embeddings of the training samples")
@@ -165,20 +215,16 @@ def _idn_probs(labels, rate, num_classes, features, rng):
 def add_noise(labels, kind, rate, num_classes, seed=0, features=None):
     """Return observed (noisy) int64 labels for the true ``labels`` in [0, num_classes).
 
-    For ``idn``, ``features`` is an (N, d) float array.  ``idn`` at rate 0
-    returns the labels unchanged; otherwise its realised rate is the mean of the
-    truncated normal, which is above ``rate`` when ``rate`` is near 0.
+    A kind that needs features (``idn``) takes them as an (N, d) float array.  Rate 0 returns the
+    labels unchanged; ``idn``'s realised rate is otherwise the mean of the truncated normal, which is
+    above ``rate`` when ``rate`` is near 0.
     """
-    _check_setting(kind, rate, num_classes)
+    model = _check_setting(kind, rate, num_classes)
     labels = _check_labels(labels, num_classes)
-    if kind == "none" or (kind == "idn" and rate == 0):
+    if kind == "none" or rate == 0:
         return labels.copy()
     rng = np.random.default_rng(seed)
-    if kind == "idn":
-        probs = _idn_probs(labels, rate, int(num_classes), features, rng)
-    else:
-        probs = transition_matrix(kind, rate, num_classes)[labels]
-    return _sample_rows(probs, rng)
+    return _sample_rows(model.flip_probs(labels, rate, int(num_classes), rng, features), rng)
 
 
 def noise_report(true_labels, observed_labels, num_classes):

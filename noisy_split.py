@@ -2,7 +2,7 @@
 The data a run trains and selects on: the training split's labels corrupted by the noise model
 (noise.py) or read from a noise file, a noisy validation share held out of it, the oracles'
 changes (--oracle), and the token ids of every part. The true labels travel beside the
-observed ones only to be scored against; no batch carries them (data.Batch).
+observed ones only to be scored against; no batch carries them (batching.Batch).
 
 Usage:
     split = make_noisy_split(args, ds, encoder, tokenizer, device, log=print)
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import batching
 import data
 import noise
 from evaluation import sentence_embeddings
@@ -40,15 +41,15 @@ class NoisySplit:
 
 def make_noisy_split(args, ds, encoder, tokenizer, device, log):
     """Encode the texts, draw (or read) the noise, hold out the validation share, apply --oracle."""
-    train_ids = data.encode(tokenizer, ds.train.texts, args.max_len)
-    test_ids = data.encode(tokenizer, ds.test.texts, args.max_len)
+    train_ids = batching.encode(tokenizer, ds.train.texts, args.max_len)
+    test_ids = batching.encode(tokenizer, ds.test.texts, args.max_len)
     true, K = ds.train.labels, len(ds.class_names)
     if args.noisy_labels:  # a given noise draw (a run's noisy_labels.csv) instead of --noise
         observed = noise.read_noisy_labels(args.noisy_labels, true, ds.class_names)
         log(f"noise: observed labels read from {args.noisy_labels} (--noise and --noise_rate not used)")
     else:
         features = None
-        if args.noise == "idn":  # before training: the pretrained encoder's view of each sample
+        if noise.NOISE_MODELS[args.noise].needs_features:  # before training: the pretrained encoder's view of each sample
             features = sentence_embeddings(encoder.to(device), train_ids, args.eval_batch_size, device)
         observed = noise.add_noise(true, args.noise, args.noise_rate, K, seed=args.seed, features=features)
         log("noise: none - training on the labels as given" if args.noise == "none" else

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import batching
 import data
 import export
 import saved_run
@@ -95,7 +96,7 @@ def load_predictor(path, device):
 def classify(predictor, texts, batch_size, device, precision="auto"):
     """(N, K) class probabilities of `texts`, batched by length (evaluation.Evaluator)."""
     dev, autocast = train.pick_device(device, precision)
-    ids = data.encode(predictor.tokenizer, texts, predictor.max_len)
+    ids = batching.encode(predictor.tokenizer, texts, predictor.max_len)
     return softmax(Evaluator(batch_size, dev, autocast, predictor.hooks).logits(predictor.model.to(dev), ids))
 
 

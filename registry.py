@@ -41,6 +41,12 @@ class Registry(dict):
             return obj
         return add
 
+    def copy(self):
+        """A Registry with the same entries (a test registers into its copy, the original stays)."""
+        twin = Registry(self.what, self.make)
+        twin.update(self)
+        return twin
+
     def get(self, name):
         """The entry behind `name`, or KeyError saying which names exist."""
         if name not in self:

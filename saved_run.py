@@ -14,6 +14,7 @@ import os
 from dataclasses import fields
 
 import checkpoint
+import batching
 import data
 import export
 import methods
@@ -67,7 +68,7 @@ def evaluate_saved(args, argv):
     device, autocast = pick_device(cfg.device, cfg.precision)
     ds = data.load_data(cfg.dataset, test_file=cfg.test_file, max_train=cfg.max_train, seed=cfg.seed,
                         max_test=cfg.max_test)
-    test_ids = data.encode(tokenizer, ds.test.texts, cfg.max_len)
+    test_ids = batching.encode(tokenizer, ds.test.texts, cfg.max_len)
     evaluator = Evaluator(cfg.eval_batch_size, device, autocast, hooks, cfg.max_len if cfg.pad_to_max_len else None)
     eval_model = evaluation_model(model, hooks, not cfg.no_speedups and can_fold(model, hooks))
     acc = float((evaluator.logits(eval_model, test_ids).argmax(1) == ds.test.labels).mean())

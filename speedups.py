@@ -2,17 +2,18 @@
 Speed paths, fenced off from the textbook model: each computes what the plain path in
 model.py computes (tests/test_speedups.py checks every one against it), only faster.
 `enable(model)` switches them all on, once, after the PEFT modules are injected; train.py
-calls it unless --no_speedups. bench.py measures what each one pays (`--speedups`).
+calls it unless --no_speedups. Each path is one entry of PATHS (registry.py's shape);
+tools/bench.py measures what each one pays (`--paths_ab`), and docs/speed.md holds the
+profiles and timings behind them.
 
-1) Cheaper dropout on the CPU. PyTorch's CPU generator is serial, one draw per element,
-   so dropout was ~18% of a fp32 LoRA training step and ~37% of a bf16 one (torch.profiler:
-   the draws, then `where` forward and backward). Here one draw from torch's generator seeds
-   numpy's PCG64, whose 64-bit outputs (~5x torch's rate) give four 16-bit uniforms each; an
-   element is dropped when its uniform falls in the lowest round(p * 65536) of the 65536
-   values, so p is rounded to a multiple of 1/65536 (0.1 -> 0.100006), and kept elements are
-   scaled by 1 / (1 - that rounded p). The mask is a float tensor, so forward and backward are
-   one multiply each (fp32: the scale folded into the mask; bf16: an exact 0/1 mask, then the
-   scale, as a bf16 mask value would round it by 0.2%). torch.manual_seed still decides every mask.
+1) Cheaper dropout on the CPU. PyTorch's CPU generator is serial, one draw per element.
+   Here one draw from torch's generator seeds numpy's PCG64, whose 64-bit outputs give four
+   16-bit uniforms each; an element is dropped when its uniform falls in the lowest
+   round(p * 65536) of the 65536 values, so p is rounded to a multiple of 1/65536
+   (0.1 -> 0.100006), and kept elements are scaled by 1 / (1 - that rounded p). The mask is
+   a float tensor, so forward and backward are one multiply each (fp32: the scale folded into
+   the mask; bf16: an exact 0/1 mask, then the scale, as a bf16 mask value would round it by
+   0.2%). torch.manual_seed still decides every mask.
 2) Attention with dropout by hand on the CPU. SDPA's CPU kernels cannot drop attention
    weights (its fallback is these lines with F.dropout), so training writes the softmax
    out to use sampler 1). Evaluation and CUDA keep SDPA.
@@ -21,14 +22,13 @@ calls it unless --no_speedups. bench.py measures what each one pays (`--speedups
    same logits and gradients, ~1/L less work. A method that reads every top-layer token
    (LoRAMoE's balance loss) keeps the full layer (methods.Method.reads_all_tokens).
 4) Frozen weights cast once under autocast. Autocast casts every weight to bf16 at every
-   call - ~10% of a bf16 LoRA step and ~14% of a bf16 evaluation pass (the `copy_` rows of
-   torch.profiler) for weights that never change. A frozen model.Linear keeps its bf16 copy
+   call, though frozen weights never change. A frozen model.Linear keeps its bf16 copy
    until the weight changes (its version counter, as an in-place update, merge or load bumps
    it, or its storage, as .to() moves it): the same bf16 values, so the same outputs.
-
-Measured and dropped in the renovation: no attention mask for a batch without padding
-(within +-4% of the masked step and evaluation forward in every alternating measurement,
-docs/speed.md).
+5) Evaluation on the folded model: the evaluation passes run on a copy of the model with the
+   PEFT modules merged into plain weights (evaluation.can_fold, export.fold_model) - the same
+   logits up to float rounding. train.py folds unless --no_speedups; it changes no module of
+   the trained model, so it is not one of the switchable PATHS.
 
 Dropout masks differ from nn.Dropout's draws (another sampler, same distribution), so a
 run with speed paths and one without are equally valid but not bit-identical.
@@ -47,8 +47,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import Attention, Linear
+from registry import Registry
 
-PATHS = ("dropout", "attention", "cls_only", "cast_cache")  # what enable() switches on
+PATHS = Registry("speed path")  # name -> fn(model, on): switch that path on or off in place (enable: all)
 
 
 BF16_ONE = np.uint16(0x3F80)  # the bit pattern of 1.0 in bfloat16
@@ -119,26 +120,48 @@ class CastCacheLinear(Linear):
         return F.linear(x, self._cast_weight, self.bias)  # autocast casts x and the bias, not this weight
 
 
-def switch(model, path, on=True):
-    """Turn one speed path of a model.Classifier on or off, in place; returns the model."""
-    if path not in PATHS:
-        raise ValueError(f"unknown speed path {path!r}; choose from {', '.join(PATHS)}")
-    if path == "cls_only":
-        model.cls_only = on
-        return model
-    if path == "cast_cache":  # the same parameters: only the class changes
-        old, new = (Linear, CastCacheLinear) if on else (CastCacheLinear, Linear)
-        for m in model.modules():
-            if type(m) is old:
-                m.__class__ = new
-                m.__dict__.pop("_cast_weight", None), m.__dict__.pop("_cast_key", None)
-        return model
-    plain, fast = {"dropout": (nn.Dropout, CheapDropout), "attention": (Attention, HandAttention)}[path]
+def _swap_modules(model, plain, fast, on):
+    """Replace every module of exactly type `plain` by `fast` (on) or back (off), keeping p and mode."""
     old, new = (plain, fast) if on else (fast, plain)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is old:  # exact type: CheapDropout is an nn.Dropout too
                 setattr(parent, name, new(child.p).train(child.training))
+
+
+@PATHS.register("dropout")
+def _dropout(model, on):
+    """1) dropout masks from a cheaper sampler on the CPU"""
+    _swap_modules(model, nn.Dropout, CheapDropout, on)
+
+
+@PATHS.register("attention")
+def _attention(model, on):
+    """2) attention dropout through that sampler in CPU training"""
+    _swap_modules(model, Attention, HandAttention, on)
+
+
+@PATHS.register("cls_only")
+def _cls_only(model, on):
+    """3) the top layer computes [CLS] alone"""
+    model.cls_only = on
+
+
+@PATHS.register("cast_cache")
+def _cast_cache(model, on):
+    """4) frozen weights cast to bf16 once under autocast"""
+    old, new = (Linear, CastCacheLinear) if on else (CastCacheLinear, Linear)
+    for m in model.modules():  # the same parameters: only the class changes
+        if type(m) is old:
+            m.__class__ = new
+            m.__dict__.pop("_cast_weight", None), m.__dict__.pop("_cast_key", None)
+
+
+def switch(model, path, on=True):
+    """Turn one speed path of a model.Classifier on or off, in place; returns the model."""
+    if path not in PATHS:
+        raise ValueError(f"unknown speed path {path!r}; choose from {', '.join(PATHS)}")
+    PATHS[path](model, on)
     return model
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import checkpoint
+import batching
 import data
 import dist
 import engine
@@ -130,10 +131,16 @@ def optimizer_settings(args):
                 lr_overrides=methods.get(args.method).lr_overrides(args), schedule=args.lr_schedule)
 
 
+def batch_plan(args):
+    """batching.BatchPlan of this run's training epochs."""
+    return batching.BatchPlan(args.batch_size, args.seed, args.batch_order,
+                              args.max_len if args.pad_to_max_len else None)
+
+
 def steps_per_epoch(args, split, rank, world):
     """rows -> this rank's number of batches in an epoch over those training rows (None: all of them)."""
     lengths = np.array([len(t) for t in split.train.ids])
-    return lambda rows: len(dist.shard(data.length_bucketed_batches(
+    return lambda rows: len(dist.shard(batching.length_bucketed_batches(
         lengths if rows is None else lengths[rows], args.batch_size, args.seed, 0), rank, world))
 
 
@@ -158,8 +165,7 @@ def train_epoch(r, epoch):
     labels, keep = r.hooks.epoch_data(epoch, r.split.train.observed)  # default: every row, observed labels
     rows = None if keep is None else np.flatnonzero(keep)
     share = lambda batches: dist.shard(batches, r.rank, r.world)  # this rank's batches
-    batches = data.iterate_batches(r.split.train.ids, labels, args.batch_size, args.seed, epoch, shuffle=True,
-                                   pad_to=r.evaluator.pad_to, share=share, rows=rows)
+    batches = batching.iterate_batches(r.split.train.ids, labels, batch_plan(args), epoch, rows=rows, share=share)
     shown = not args.no_progress and r.rank == 0 and sys.stderr.isatty()
     bar = (f"epoch {epoch + 1}/{args.epochs}", r.stages.steps_of(rows)) if shown else None
     stats = engine.train_epoch(r.model, r.step, r.stages, batches, r.evaluator.device, bar)

@@ -136,6 +136,59 @@ def choose_c(X, y, X_val, y_val, num_classes, grid, max_iter):
     return max(accs, key=accs.get), accs
 
 
+@dataclass
+class Features:
+    """Standardised frozen-encoder embeddings of a run's parts (N, C); val is None without a validation split."""
+    train: np.ndarray
+    val: np.ndarray | None
+    test: np.ndarray
+
+
+def embed_parts(args, split, encoder, device):
+    """The frozen encoder's mean-pooled embeddings of the parts, standardised with the training rows'
+    mean and standard deviation (step 1)."""
+    embed = lambda ids: sentence_embeddings(encoder.to(device), ids, args.eval_batch_size, device)  # noqa: E731
+    X = embed(split.train.ids)
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    scale = lambda Z: (Z - mean) / std  # noqa: E731
+    return Features(scale(X), scale(embed(split.val.ids)) if len(split.val.ids) else None, scale(embed(split.test_ids)))
+
+
+def pick_c(feats, split, K, cfg):
+    """(C, {C: noisy validation accuracy}) (step 2); without a validation split the middle of the grid."""
+    grid = [float(c) for c in cfg.cl_c_grid.split(",")]
+    if feats.val is None:
+        print(f"practitioner: no validation split, C = {grid[len(grid) // 2]:g} (the middle of --cl_c_grid)")
+        return grid[len(grid) // 2], {}
+    C, val_accs = choose_c(feats.train, split.train.observed, feats.val, split.val.observed, K, grid, cfg.cl_max_iter)
+    print(f"practitioner: C = {C:g} chosen on noisy validation ({', '.join(f'{c:g}: {a:.3f}' for c, a in val_accs.items())})")
+    return C, val_accs
+
+
+def baseline_metrics(feats, split, ds, C, cfg, seed):
+    """Steps 3-5 -> (the one epoch's metrics, out-of-sample logits (N, K), flags (N,) bool, refit test logits)."""
+    observed, true, K = split.train.observed, split.train.true, len(ds.class_names)
+    oos = cross_fit(feats.train, observed, K, C, cfg.cl_folds, seed, cfg.cl_max_iter)  # (N, K) logits
+    flagged = find_label_issues(softmax(oos), observed, K)
+    plain = fit_logreg(feats.train, observed, K, C, cfg.cl_max_iter)
+    params = fit_logreg(feats.train[~flagged], observed[~flagged], K, C, cfg.cl_max_iter)
+    test_logits, train_logits = logreg_logits(params, feats.test), logreg_logits(params, feats.train)
+    val_pred = None if feats.val is None else logreg_logits(params, feats.val).argmax(1)
+    oos_loss = -np.log(np.clip(softmax(oos)[np.arange(len(observed)), observed], 1e-12, None))
+    clean, test_labels = observed == true, ds.test.labels
+    m = {"epoch": 1, "test_acc": float((test_logits.argmax(1) == test_labels).mean()),
+         **calibration_metrics(test_logits, test_labels),
+         "val_acc": None if val_pred is None else float((val_pred == split.val.observed).mean()),
+         "val_true_acc": None if val_pred is None else float((val_pred == split.val.true).mean()),
+         **memorisation(train_logits.argmax(1), observed, true),
+         "det_auroc": auroc(-oos_loss, clean), "det_auroc_loss": auroc(-oos_loss, clean),
+         "cl_flagged": float(flagged.mean()),
+         "cl_flag_precision": float((~clean)[flagged].mean()) if flagged.any() else None,
+         "cl_flag_recall": float(flagged[~clean].mean()) if (~clean).any() else None,
+         "cl_c": C, "cl_plain_test_acc": float((logreg_logits(plain, feats.test).argmax(1) == test_labels).mean())}
+    return m, oos, flagged, test_logits
+
+
 def run(args):
     """The whole baseline as one train.py run: the same data, noise and validation split as the other methods."""
     import train  # the CLI's data preparation, shared
@@ -152,61 +205,35 @@ def run(args):
     encoder, tokenizer = load_pretrained(args.model)
     prepare_out_dir(args.out, False, args.overwrite, vars(args))
     split = make_noisy_split(args, ds, encoder, tokenizer, device, print)
-    (train_ids, true, observed), val = (split.train.ids, split.train.true, split.train.observed), split.val
-    test_ids, report = split.test_ids, split.report
-    embed = lambda ids: sentence_embeddings(encoder.to(device), ids, args.eval_batch_size, device)
-    X, X_val, X_test = embed(train_ids), embed(val.ids) if len(val.ids) else None, embed(test_ids)
-    mean, std = X.mean(0), X.std(0) + 1e-6
-    X, X_test = (X - mean) / std, (X_test - mean) / std
-    K, grid = len(ds.class_names), [float(c) for c in cfg.cl_c_grid.split(",")]
-    if X_val is None:
-        C, val_accs = grid[len(grid) // 2], {}
-        print(f"practitioner: no validation split, C = {C:g} (the middle of --cl_c_grid)")
-    else:
-        C, val_accs = choose_c(X, observed, (X_val - mean) / std, val.observed, K, grid, cfg.cl_max_iter)
-        accs = ", ".join(f"{c:g}: {a:.3f}" for c, a in val_accs.items())
-        print(f"practitioner: C = {C:g} chosen on noisy validation ({accs})")
-    oos = cross_fit(X, observed, K, C, cfg.cl_folds, args.seed, cfg.cl_max_iter)  # (N, K) logits
-    flagged = find_label_issues(softmax(oos), observed, K)
-    plain = fit_logreg(X, observed, K, C, cfg.cl_max_iter)
-    params = fit_logreg(X[~flagged], observed[~flagged], K, C, cfg.cl_max_iter)
-    test_logits, train_logits = logreg_logits(params, X_test), logreg_logits(params, X)
-    val_acc = None if X_val is None else float((logreg_logits(params, (X_val - mean) / std).argmax(1)
-                                                == val.observed).mean())
-    oos_loss = -np.log(np.clip(softmax(oos)[np.arange(len(observed)), observed], 1e-12, None))
-    clean = observed == true
-    test_acc = float((test_logits.argmax(1) == ds.test.labels).mean())
-    m = {"epoch": 1, "test_acc": test_acc, **calibration_metrics(test_logits, ds.test.labels), "val_acc": val_acc,
-         "val_true_acc": None if X_val is None else
-         float((logreg_logits(params, (X_val - mean) / std).argmax(1) == val.true).mean()),
-         **memorisation(train_logits.argmax(1), observed, true),
-         "det_auroc": auroc(-oos_loss, clean), "det_auroc_loss": auroc(-oos_loss, clean),
-         "cl_flagged": float(flagged.mean()),
-         "cl_flag_precision": float((~clean)[flagged].mean()) if flagged.any() else None,
-         "cl_flag_recall": float(flagged[~clean].mean()) if (~clean).any() else None,
-         "cl_c": C, "cl_plain_test_acc": float((logreg_logits(plain, X_test).argmax(1) == ds.test.labels).mean()),
-         "epoch_s": time.time() - t0, "train_pass_s": time.time() - t0}
+    feats = embed_parts(args, split, encoder, device)
+    C, val_accs = pick_c(feats, split, len(ds.class_names), cfg)
+    m, oos, flagged, test_logits = baseline_metrics(feats, split, ds, C, cfg, args.seed)
+    m.update(epoch_s=time.time() - t0, train_pass_s=time.time() - t0)
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:
         f.write(json.dumps(m) + "\n")
+    oos_loss = -np.log(np.clip(softmax(oos)[np.arange(len(oos)), split.train.observed], 1e-12, None))
     fit = DetectorFit(oos_loss, oos_loss, np.where(flagged, 0.0, 1.0), None)  # the CL flag has no probability
     final = outputs.FinalState(EpochPasses(test_logits, oos), fit, oos_loss[None], 0.0)  # out-of-sample logits
     issues = outputs.write_run_outputs(args.out, ds, split, final, print)
-    summary = {"selected_test_acc": test_acc if val_acc is not None else None,
-               "selected_epoch": 1 if val_acc is not None else None, "selected_val_acc": val_acc,
-               "best_test_acc": test_acc, "best_epoch": 1, "last_test_acc": test_acc,
-               "noisy_memorized": m["noisy_memorized"], "train_clean_acc": m["train_clean_acc"],
-               "realized_noise_rate": report["realized_rate"], "source_noise_rate": report["source_noise_rate"],
-               "num_train": report["num_samples"], "num_test": len(test_ids), "num_classes": K,
-               "trainable_params": (X.shape[1] + 1) * K, "total_params": (X.shape[1] + 1) * K,
-               "wall_s": time.time() - t0, "samples_per_s": None, "peak_mem_mb": None, "device": device.type,
-               "precision": "fp32", "ranks": 1, "det_auroc": m["det_auroc"], "det_auroc_loss": m["det_auroc_loss"],
-               "test_nll": m["test_nll"], "test_ece": m["test_ece"], "cl_c": C, "cl_val_accs": val_accs,
-               "cl_flagged": m["cl_flagged"], "cl_flag_precision": m["cl_flag_precision"],
-               "cl_flag_recall": m["cl_flag_recall"], "cl_plain_test_acc": m["cl_plain_test_acc"],
-               **issues, "config": vars(args)}
+    summary = summarise(m, split, feats, val_accs, device, t0, {**issues, "config": vars(args)})
     write_json(os.path.join(args.out, "summary.json"), summary)
     train.print_done(args, summary)
     return summary
+
+
+def summarise(m, split, feats, val_accs, device, t0, extra):
+    """summary.json of the baseline: one model, so selected = best = last (selected only with validation)."""
+    report, params = split.report, (feats.train.shape[1] + 1) * len(split.report["class_counts"])
+    has_val, acc = m["val_acc"] is not None, m["test_acc"]
+    return {"selected_test_acc": acc if has_val else None, "selected_epoch": 1 if has_val else None,
+            "selected_val_acc": m["val_acc"], "best_test_acc": acc, "best_epoch": 1, "last_test_acc": acc,
+            "noisy_memorized": m["noisy_memorized"], "train_clean_acc": m["train_clean_acc"],
+            "realized_noise_rate": report["realized_rate"], "source_noise_rate": report["source_noise_rate"],
+            "num_train": report["num_samples"], "num_test": len(split.test_ids), "num_classes": len(report["class_counts"]),
+            "trainable_params": params, "total_params": params, "wall_s": time.time() - t0, "samples_per_s": None,
+            "peak_mem_mb": None, "device": device.type, "precision": "fp32", "ranks": 1,
+            **{k: m[k] for k in ("det_auroc", "det_auroc_loss", "test_nll", "test_ece", "cl_c")}, "cl_val_accs": val_accs,
+            **{k: m[k] for k in ("cl_flagged", "cl_flag_precision", "cl_flag_recall", "cl_plain_test_acc")}, **extra}
 
 
 @methods.register

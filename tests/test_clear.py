@@ -9,7 +9,7 @@ import torch
 import clear
 import mixture
 import train
-from data import Batch
+from batching import Batch
 from model import Outputs
 
 

@@ -14,6 +14,7 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.processors import TemplateProcessing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import batching  # noqa: E402
 import data  # noqa: E402
 from data import DataError, load_data  # noqa: E402
 
@@ -189,15 +190,15 @@ def _tiny_tokenizer():
 def test_encode_truncation():
     tok = _tiny_tokenizer()
     texts = ["w1 w2 w3", " ".join(f"w{i}" for i in range(40)), ""]
-    ids = data.encode(tok, texts, max_len=10)
+    ids = batching.encode(tok, texts, max_len=10)
     assert list(ids[0]) == [2, 5, 6, 7, 3] and list(ids[2]) == [2, 3]
     assert len(ids[1]) == 10 and ids[1][0] == 2 and ids[1][-1] == 3 and list(ids[1][1:4]) == [4, 5, 6]
     assert all(a.dtype == np.int64 for a in ids)
     with pytest.raises(DataError):
-        data.encode(tok, texts, max_len=1)
+        batching.encode(tok, texts, max_len=1)
     tok.enable_padding()
     with pytest.raises(DataError, match="no_padding"):
-        data.encode(tok, texts, max_len=10)
+        batching.encode(tok, texts, max_len=10)
 
 
 def test_encode_packaged_minilm():
@@ -208,7 +209,7 @@ def test_encode_packaged_minilm():
     tok.no_padding()
     tok.no_truncation()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    for a in data.encode(tok, ["short one", "a much longer sentence " * 20], max_len=16):
+    for a in batching.encode(tok, ["short one", "a much longer sentence " * 20], max_len=16):
         assert a[0] == cls and a[-1] == sep and len(a) <= 16
 
 
@@ -221,16 +222,16 @@ def _skewed_lengths(n=5000):
 def test_bucketed_batches_cover_and_determinism():
     lengths = _skewed_lengths(1037)
     for shuffle in (True, False):
-        b = data.length_bucketed_batches(lengths, 32, seed=0, epoch=0, shuffle=shuffle, bucket_factor=5)
+        b = batching.length_bucketed_batches(lengths, 32, seed=0, epoch=0, shuffle=shuffle, bucket_factor=5)
         allidx = np.concatenate(b)
         assert np.array_equal(np.sort(allidx), np.arange(1037))
         assert all(1 <= len(x) <= 32 for x in b)
-    a = data.length_bucketed_batches(lengths, 32, seed=0, epoch=1, bucket_factor=5)
-    a2 = data.length_bucketed_batches(lengths, 32, seed=0, epoch=1, bucket_factor=5)
-    other = data.length_bucketed_batches(lengths, 32, seed=0, epoch=2, bucket_factor=5)
+    a = batching.length_bucketed_batches(lengths, 32, seed=0, epoch=1, bucket_factor=5)
+    a2 = batching.length_bucketed_batches(lengths, 32, seed=0, epoch=1, bucket_factor=5)
+    other = batching.length_bucketed_batches(lengths, 32, seed=0, epoch=2, bucket_factor=5)
     assert all(np.array_equal(x, y) for x, y in zip(a, a2)) and len(a) == len(a2)
     assert not np.array_equal(np.concatenate(a), np.concatenate(other))
-    ev = data.length_bucketed_batches(lengths, 32, seed=0, epoch=0, shuffle=False)
+    ev = batching.length_bucketed_batches(lengths, 32, seed=0, epoch=0, shuffle=False)
     assert np.all(np.diff(lengths[np.concatenate(ev)]) >= 0)
 
 
@@ -239,13 +240,13 @@ def test_bucketing_reduces_padding():
     ids = [np.zeros(n, dtype=np.int64) for n in lengths]
     perm = np.random.default_rng(1).permutation(len(lengths))
     random_batches = [perm[i:i + 32] for i in range(0, len(perm), 32)]
-    bucketed = data.length_bucketed_batches(lengths, 32, seed=0, epoch=0)
-    assert data.padding_fraction(ids, bucketed) < 0.25 * data.padding_fraction(ids, random_batches)
+    bucketed = batching.length_bucketed_batches(lengths, 32, seed=0, epoch=0)
+    assert batching.padding_fraction(ids, bucketed) < 0.25 * batching.padding_fraction(ids, random_batches)
 
 
 def test_collate_and_iterate():
     seqs = [np.array([2, 7, 3]), np.array([2, 3]), np.array([2, 5, 6, 8, 3])]
-    ids, mask = data.collate(seqs, np.array([1, 2, 0]), pad_id=0)
+    ids, mask = batching.collate(seqs, np.array([1, 2, 0]), pad_id=0)
     assert ids.dtype == torch.long and mask.dtype == torch.long and ids.shape == (3, 5)
     assert ids.tolist() == [[2, 3, 0, 0, 0], [2, 5, 6, 8, 3], [2, 7, 3, 0, 0]]
     assert mask.sum(1).tolist() == [2, 5, 3] and (ids[mask == 0] == 0).all()
@@ -255,8 +256,8 @@ def test_collate_and_iterate():
     true = np.arange(100) % 4
     noisy = (true + (np.arange(100) % 5 == 0)) % 4
     seen = []
-    for b in data.iterate_batches(token_ids, noisy, 16, seed=3, epoch=0, shuffle=True):
-        assert isinstance(b, data.Batch) and b.input_ids.shape[0] == len(b.index) <= 16
+    for b in batching.iterate_batches(token_ids, noisy, batching.BatchPlan(16, seed=3), epoch=0):
+        assert isinstance(b, batching.Batch) and b.input_ids.shape[0] == len(b.index) <= 16
         assert torch.equal(b.input_ids[:, 0], b.index)  # row i holds example index[i]
         assert b.label.tolist() == noisy[b.index.numpy()].tolist()
         assert "true_label" not in b._fields  # a training step never sees the true labels
@@ -280,3 +281,19 @@ def test_validation_split_is_stratified_by_observed_label_and_seeded():
     assert not data.validation_split(observed, 0.0, seed=3).any()
     with pytest.raises(DataError, match="val_fraction"):
         data.validation_split(observed, 1.0, seed=3)
+
+
+def test_random_batch_order_mixes_lengths_and_covers_every_row_once():
+    """--batch_order random: the reference codes' random batches - every row once per epoch, padded to
+    each batch's longest, with far more padding than the bucketed order."""
+    lengths = _skewed_lengths(400)
+    token_ids = [np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)]
+    labels = np.zeros(400, dtype=np.int64)
+    padding = {}
+    for order in batching.BATCH_ORDERS:
+        got = list(batching.iterate_batches(token_ids, labels, batching.BatchPlan(16, seed=0, order=order), epoch=0))
+        assert sorted(i for b in got for i in b.index.tolist()) == list(range(400))
+        padding[order] = batching.padding_fraction(token_ids, [b.index.numpy() for b in got])
+    assert padding["random"] > 2 * padding["bucketed"]
+    with pytest.raises(DataError, match="batch order"):
+        next(batching.iterate_batches(token_ids, labels, batching.BatchPlan(16, seed=0, order="sorted"), epoch=0))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import batching
 import data
 import evaluation
 import build
@@ -41,7 +42,7 @@ def test_two_rank_clear_run_gathers_every_example_once(tiny_pretrained_dir, tiny
     model, tokenizer = build.build_model(cfg, len(ds.class_names))
     checkpoint.load_peft(model, str(out))
     hooks = build.build_hooks(cfg, model, len(ds.train.labels))
-    ids = data.encode(tokenizer, ds.train.texts, cfg.max_len)
+    ids = batching.encode(tokenizer, ds.train.texts, cfg.max_len)
     logits = evaluation.Evaluator(64, torch.device("cpu"), nullcontext, hooks).logits(model, ids)
     saved = np.load(out / "per_sample.npz")
     want = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(saved["observed"]), reduction="none").numpy()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import tiny_classifier
-from data import Batch
+from batching import Batch
 
-DOCTESTED = ["registry", "settings"]  # modules whose Usage block is a doctest
+DOCTESTED = ["registry", "settings", "noise", "label_issues"]  # modules whose Usage block is a doctest
 EXECUTED = ["hooks", "methods", "mixture", "clear", "loramoe", "match_tuning", "engine"]  # run on `namespace()`
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import batching
 import evaluation
 import export
 import peft
@@ -38,7 +38,7 @@ def built(tiny_model_dir, *flags, num_classes=3, seed=0):
 
 def logits_of(model, tokenizer, hooks, texts=TEXTS):
     from contextlib import nullcontext
-    ids = data.encode(tokenizer, texts, 32)
+    ids = batching.encode(tokenizer, texts, 32)
     return torch.tensor(evaluation.Evaluator(8, torch.device("cpu"), nullcontext, hooks).logits(model, ids))
 
 
@@ -70,7 +70,7 @@ def test_fold_and_export_reproduce_the_logits(tiny_model_dir, tmp_path, flags):
 
     # BertForSequenceClassification's head on the exported tensors: classifier(tanh(pooler(h_cls)))
     state = read_safetensors(os.path.join(out, "model.safetensors"))
-    ids, mask = data.collate(data.encode(tok, TEXTS, 32), np.arange(len(TEXTS)))
+    ids, mask = batching.collate(batching.encode(tok, TEXTS, 32), np.arange(len(TEXTS)))
     with torch.no_grad():
         h = loaded.encoder(ids, mask)[:, 0]
         pooled = torch.tanh(h @ state["bert.pooler.dense.weight"].T + state["bert.pooler.dense.bias"])

@@ -8,7 +8,7 @@ import checkpoint
 import mixture
 import peft
 from conftest import TINY_CONFIG, tiny_classifier
-from data import Batch
+from batching import Batch
 from model import Linear
 from loramoe import LoRAMoE, LoRAMoEConfig, LoRAMoELinear, LoRAMoEHooks, balance_loss
 from match_tuning import MatchConfig, MatchHead, MatchHooks, replace_head_with_match

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import noise  # noqa: E402
-from noise import NOISE_KINDS, NoiseError, add_noise, noise_report, transition_matrix  # noqa: E402
+from noise import NOISE_MODELS, NoiseError, add_noise, noise_report, transition_matrix  # noqa: E402
 
 CLASS_CONDITIONAL = ("sym", "sym-incl", "asym")
 N = 20000
@@ -192,7 +192,7 @@ def test_idn_flip_target_is_peaked_per_sample_like_xia():
     rng = np.random.default_rng(3)
     y = rng.integers(0, k, n)
     feats = 5.0 + 3.0 * rng.normal(size=(n, d))  # an offset and a scale, as raw embeddings have
-    probs = noise._idn_probs(y, 0.4, k, feats, np.random.default_rng(0))
+    probs = noise._idn(y, 0.4, k, np.random.default_rng(0), feats)
     wrong = probs.copy()
     wrong[np.arange(n), y] = 0.0
     top_share = wrong.max(axis=1) / wrong.sum(axis=1)
@@ -251,8 +251,10 @@ def test_asym_binary_below_half_is_allowed():
     assert transition_matrix("asym", 0.49, 2).shape == (2, 2)
 
 
-def test_kinds_constant():
-    assert NOISE_KINDS == ["none", "sym", "sym-incl", "asym", "idn"]
+def test_the_built_in_kinds_and_their_help_lines():
+    assert list(NOISE_MODELS) == ["none", "sym", "sym-incl", "asym", "idn"]
+    assert [m.needs_features for m in NOISE_MODELS.values()] == [False] * 4 + [True]
+    assert "sym-incl: the CleaR code's" in NOISE_MODELS.help()
 
 
 def test_a_registered_noise_kind_is_drawn_checked_and_offered(monkeypatch):
@@ -260,16 +262,16 @@ def test_a_registered_noise_kind_is_drawn_checked_and_offered(monkeypatch):
     --noise kind - drawn by add_noise at its realised rate, its rate checked, offered by train.py."""
     import noise
     import train
-    monkeypatch.setattr(noise, "TRANSITIONS", dict(noise.TRANSITIONS))
-    monkeypatch.setattr(noise, "NOISE_KINDS", list(noise.NOISE_KINDS))
+    monkeypatch.setattr(noise, "NOISE_MODELS", NOISE_MODELS.copy())
 
     @noise.register_transition("flip-down")
-    def flip_down(rate, k):  # i -> i-1 with probability r, the CleaR code's pair flip
+    def flip_down(rate, k):
+        """i -> i-1 with probability r, the CleaR code's pair flip"""
         t = (1.0 - rate) * np.eye(k)
         t[np.arange(k), (np.arange(k) - 1) % k] += rate
         return t
 
-    assert noise.NOISE_KINDS[-2:] == ["flip-down", "idn"]
+    assert list(noise.NOISE_MODELS)[-1] == "flip-down"
     true = np.repeat(np.arange(4), 2500)
     observed = add_noise(true, "flip-down", 0.3, 4, seed=0)
     flipped = observed != true
@@ -277,3 +279,28 @@ def test_a_registered_noise_kind_is_drawn_checked_and_offered(monkeypatch):
     with pytest.raises(NoiseError):
         add_noise(true, "flip-down", 1.2, 4)
     assert train.parse_args(["--noise", "flip-down"]).noise == "flip-down"
+
+
+def test_an_instance_dependent_kind_is_one_registered_entry(monkeypatch):
+    """Any noise model is one entry: here the samples whose first feature lies above the median flip to
+    the next class with probability 2r, the others keep their label - no other file changes."""
+    import noise
+    import train
+    monkeypatch.setattr(noise, "NOISE_MODELS", NOISE_MODELS.copy())
+
+    @noise.register_instance_dependent("upper-half")
+    def upper_half(labels, rate, k, rng, features):
+        """the upper half of the first feature flips to the next class with probability 2r"""
+        upper = features[:, 0] > np.median(features[:, 0])
+        probs = np.eye(k)[labels]
+        probs[upper] *= 1 - 2 * rate
+        probs[np.flatnonzero(upper), (labels[upper] + 1) % k] += 2 * rate
+        return probs
+
+    assert noise.NOISE_MODELS["upper-half"].needs_features and "upper-half: the upper half" in noise.NOISE_MODELS.help()
+    true = np.repeat(np.arange(3), 2000)
+    feats = np.random.default_rng(1).standard_normal((true.size, 4))
+    observed = add_noise(true, "upper-half", 0.2, 3, seed=0, features=feats)
+    upper = feats[:, 0] > np.median(feats[:, 0])
+    assert np.all(observed[~upper] == true[~upper]) and abs(np.mean(observed[upper] != true[upper]) - 0.4) < 0.03
+    assert train.parse_args(["--noise", "upper-half"]).noise == "upper-half"

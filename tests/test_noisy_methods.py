@@ -14,7 +14,7 @@ import checkpoint
 import engine
 import methods
 import train
-from data import Batch
+from batching import Batch
 from methods.elr import ELRConfig, ELRHooks
 from methods.filter_retrain import FarHooks, class_normalised
 from methods.gce import gce_loss

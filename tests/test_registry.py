@@ -288,11 +288,12 @@ def test_training_is_blind_to_the_true_labels(argv, tiny_pretrained_dir, tmp_pat
 def test_a_registered_dataset_trains_by_name(tiny_model_dir, tmp_path, monkeypatch):
     """README "Make it yours": one decorated loader in data.py (or the user's file) is a new
     --dataset name, subsampled, noised and reported like the packaged ones."""
-    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    monkeypatch.setattr(data, "DATASETS", data.DATASETS.copy())
     make_text_dataset(tmp_path / "toy.csv", n=80, seed=3)
 
     @data.register_dataset("toy")
-    def toy(test_fraction):  # any source; here a csv, the last quarter as the test split
+    def toy(test_fraction):
+        """a toy csv, its last quarter the test split"""
         rows = data.read_columns(tmp_path / "toy.csv", ("text", "label"))
         texts, labels = [t for _, t, _ in rows], np.array([int(lab == "pos") for _, _, lab in rows])
         cut = len(rows) * 3 // 4

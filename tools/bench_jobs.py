@@ -33,6 +33,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
 sys.path.insert(0, ROOT)
+import batching  # noqa: E402
 import data  # noqa: E402
 import engine  # noqa: E402
 import methods  # noqa: E402
@@ -85,12 +86,12 @@ def matmul_roof(n, dtype, device, sync):
 
 
 def fake_batch(batch_size, max_len, device):
-    """A fixed data.Batch: random token ids in [1000, 30000), every row max_len long (all-ones mask)."""
+    """A fixed batching.Batch: random token ids in [1000, 30000), every row max_len long (all-ones mask)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (batch_size, max_len), generator=g)
     label = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
     index = torch.randperm(NUM_TRAIN, generator=g)[:batch_size]
-    return data.Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), index, label)))
+    return batching.Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), index, label)))
 
 
 def outside_project(path):
@@ -163,7 +164,7 @@ def make_step(model, forward, hooks, targs, batch, autocast):
     return lambda: engine.train_step(step, batch, opt, sched, params)
 
 
-def our_step(method, a, autocast, batch, compiled, checkpointing=False, paths=speedups.PATHS):
+def our_step(method, a, autocast, batch, compiled, checkpointing=False, paths=tuple(speedups.PATHS)):
     """train.py's model and hooks for `method`, with the speed paths in `paths` switched on."""
     targs = train.parse_args(["--method", method, "--model", a.model, "--no_speedups"])
     model, _ = build.build_model(targs, NUM_CLASSES)
@@ -310,12 +311,12 @@ def run_job(job, a):
 def data_side(a):
     """Tokens one epoch over mr's training split costs (max_len 128, train.py's default): our
     length-bucketed batches, random batches padded to their longest, everything padded to 128."""
-    ids = data.encode(load_tokenizer(a.model), data.load_data("mr").train.texts, 128)
+    ids = batching.encode(load_tokenizer(a.model), data.load_data("mr").train.texts, 128)
     lengths, n128 = [len(t) for t in ids], 128 * len(ids)
     out = {"mr_examples": len(ids), "tokens_pad128": n128, "pad_frac_pad128": 1 - sum(lengths) / n128}
     for name, kw in (("bucketed", {}), ("unbucketed", {"bucket_factor": 1})):  # 1: sorted within a batch only
-        batches = data.length_bucketed_batches(lengths, a.batch_size, seed=0, epoch=0, **kw)
+        batches = batching.length_bucketed_batches(lengths, a.batch_size, seed=0, epoch=0, **kw)
         out[f"tokens_{name}"] = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-        out[f"pad_frac_{name}"] = data.padding_fraction(ids, batches)
+        out[f"pad_frac_{name}"] = batching.padding_fraction(ids, batches)
     out["tokens_ratio_pad128"] = n128 / out["tokens_bucketed"]
     return out

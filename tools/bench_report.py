@@ -126,7 +126,7 @@ def compare(a, runs, out):
             out[f"{m}_ckpt_act_mb_ratio"] = ((out[f"{m}_ckpt_peak_mb"] - out[f"{m}_ckpt_before_mb"])
                                             / (out[f"{m}_peak_mb"] - out[f"{m}_before_mb"]))
             out[f"{m}_ckpt_speed_ratio"] = out[f"{m}_ckpt_tok_s"] / out[f"{m}_tok_s"]
-        for off in speedups.PATHS + ("plain",):  # what each speed path pays: all on / that one off (or all off)
+        for off in tuple(speedups.PATHS) + ("plain",):  # what each speed path pays: all on / that one off (or all off)
             key = f"{m}_plain" if off == "plain" else f"{m}_no_{off}"
             if f"{key}_tok_s" in out and f"{m}_tok_s" in out:
                 out[f"{m}_speedup_{off}"] = out[f"{m}_tok_s"] / out[f"{key}_tok_s"]
@@ -196,7 +196,7 @@ def print_report(a, out, rows, notes):
         kind = sits_on(m)
         if f"{m}_vs_{kind}_step" in out:
             print(f"{m} ({kind}) / {kind}: {out[f'{m}_vs_{kind}_step']:.2f}x the time per step")
-        paid = {p: out[f"{m}_speedup_{p}"] for p in speedups.PATHS + ("plain",) if f"{m}_speedup_{p}" in out}
+        paid = {p: out[f"{m}_speedup_{p}"] for p in tuple(speedups.PATHS) + ("plain",) if f"{m}_speedup_{p}" in out}
         one_off = ", ".join(f"{p} {v:.2f}x" for p, v in paid.items() if p != "plain")
         parts = ([f"with every speed path / with one off: {one_off}"] if one_off else []) \
             + ([f"with all of them / none (plain path) {paid['plain']:.2f}x"] if "plain" in paid else [])
