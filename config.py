@@ -6,8 +6,9 @@ its kind's or method's file. finalize() then fills the defaults that depend on o
 checks every value that needs no file, so an impossible run stops before anything is loaded.
 
 Usage:
-    args = parse_args(["--method", "clear", "--max_train", "2000"])  # an argparse.Namespace
-    args.lr, args.out   # the PEFT kind's learning rate; runs/mr-clear-lora-sym0.2-s0
+    >>> args = parse_args(["--method", "clear", "--max_train", "2000"])  # an argparse.Namespace
+    >>> args.lr, args.out   # the PEFT kind's learning rate; the default output directory
+    (0.002, 'runs/mr-clear-lora-sym0.2-s0')
 """
 
 import argparse

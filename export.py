@@ -19,7 +19,9 @@ tanh(eps x) / eps = x - eps^2 x^3 / 3 + ..., so the Hugging Face logits match ou
 (eps = 2^-14; the README quotes the measured gap). eps is a power of two, so our loader
 (load_exported) multiplies it back exactly: every weight equals the folded model's bit for bit.
 
-Usage: ``export_hf(model, hooks, class_names, model_dir, out_dir)``; ``load_exported(out_dir)``.
+Usage:
+    export_hf(model, hooks, class_names, model_dir, out_dir)   # model_dir: the pretrained BERT folder
+    model, tokenizer, class_names = load_exported(out_dir)
 """
 
 import copy

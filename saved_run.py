@@ -4,7 +4,7 @@ predict.py, --eval_only and --export_hf), and evaluated as the run evaluated it 
 train.py --eval_only), so the accuracy it prints is the one the run reported for the epoch it kept.
 
 Usage:
-    model, tokenizer, hooks, cfg, class_names, summary = load_run("runs/mr-clear-lora-sym0.2-s0")
+    model, tokenizer, hooks, cfg, class_names, summary = load_run(run_dir)   # e.g. runs/mr-clear-lora-sym0.2-s0
     python train.py --eval_only --load runs/mr-clear-lora-sym0.2-s0 [--export_hf DIR]
 """
 

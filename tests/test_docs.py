@@ -6,6 +6,7 @@ from contextlib import nullcontext
 import ast
 import doctest
 import importlib
+import re
 import textwrap
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from conftest import tiny_classifier
 from batching import Batch
 
-DOCTESTED = ["registry", "settings", "noise", "label_issues"]  # modules whose Usage block is a doctest
+DOCTESTED = ["registry", "settings", "noise", "label_issues", "calibration", "config"]  # modules whose Usage block is a doctest
 EXECUTED = ["hooks", "methods", "mixture", "clear", "loramoe", "match_tuning", "engine"]  # run on `namespace()`
 
 
@@ -72,3 +73,115 @@ def test_usage_block_runs_on_a_tiny_model(name):
     code = usage_block(importlib.import_module(name))
     assert code.strip(), f"{name} has no Usage block"
     exec(compile(code, f"{name}.py Usage", "exec"), namespace())
+
+
+REAL = ["build", "hardware", "model", "speedups", "checkpoint", "noisy_split", "saved_run", "export", "peft", "data"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tiny_dataset, tmp_path_factory):
+    """A finished LoRA run of the tiny model on the toy csv (what load_run reads)."""
+    import train
+    out = tmp_path_factory.mktemp("usage") / "run"
+    train.main(["--model", str(tiny_model_dir), "--dataset", str(tiny_dataset), "--method", "lora", "--epochs", "1",
+                "--max_len", "32", "--batch_size", "16", "--no_progress", "--out", str(out)])
+    return out
+
+
+def real_namespace(tmp_path, model_dir, run_dir):
+    """namespace() plus what the other Usage blocks name: the packaged or tiny encoder, a dataset, a
+    finished run, output folders - every file written under tmp_path, the working directory."""
+    import build
+    import checkpoint
+    import config
+    import data
+    import export
+    import peft
+    import speedups
+    from conftest import make_text_dataset
+    from hardware import pick_device
+    from mixture import LossDetector
+    from model import Classifier, load_pretrained
+    from noisy_split import make_noisy_split
+    from saved_run import load_run
+    ns = namespace()
+    encoder, tokenizer = load_pretrained(model_dir)
+    make_text_dataset(tmp_path / "my_reviews.csv", n=60)
+    args = config.parse_args(["--method", "lora", "--dataset", str(tmp_path / "my_reviews.csv"), "--model", model_dir,
+                              "--max_len", "16", "--out", str(tmp_path / "out")])
+    peft.inject(ns["model"], peft.LoRA(lora_r=2))  # a run's model: a PEFT kind injected
+    fresh = copy_of(ns["model"])
+    stage = argparse.Namespace(opt=None, sched=None)
+    stage.opt, stage.sched = ns["build_optimizer"](ns["model"], 1e-3, 0.01, 0.1, total_steps=10)
+    ns.update(dict(args=args, encoder=encoder, tokenizer=tokenizer, num_classes=3, device=torch.device("cpu"),
+                   ds=data.load_data(args.dataset), load_data=data.load_data, make_noisy_split=make_noisy_split,
+                   build_model=build.build_model, build_hooks=build.build_hooks, pick_device=pick_device,
+                   load_pretrained=load_pretrained, speedups=speedups, Classifier=Classifier, inject=peft.inject,
+                   LoRA=peft.LoRA, param_summary=peft.param_summary, save_peft=checkpoint.save_peft,
+                   load_peft=checkpoint.load_peft, prepare_out_dir=checkpoint.prepare_out_dir,
+                   save_training_state=checkpoint.save_training_state, names=["a", "b", "c"], fresh_model=fresh,
+                   out=str(tmp_path / "state"), resume=False, overwrite=False, config={"method": "lora"},
+                   progress=checkpoint.Progress(next_epoch=1), stage=stage, detector=LossDetector(),
+                   load_run=load_run, run_dir=str(run_dir), export_hf=export.export_hf,
+                   load_exported=export.load_exported, model_dir=model_dir, out_dir=str(tmp_path / "hf"),
+                   class_names=["a", "b", "c"]))
+    return ns
+
+
+def copy_of(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def python_lines(code):
+    """The Python of a Usage block: its shell lines (python script.py ...) are checked by test_usage_commands."""
+    return "\n".join(line for line in code.split("\n") if not line.lstrip().startswith("python "))
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_usage_block_runs_on_real_objects(name, tmp_path, monkeypatch, tiny_model_dir, finished_run):
+    code = python_lines(usage_block(importlib.import_module(name)))
+    assert code.strip(), f"{name} has no Python in its Usage block"
+    monkeypatch.chdir(tmp_path)
+    ns = real_namespace(tmp_path, str(tiny_model_dir), finished_run)
+    if name == "build":  # its block builds the packaged MiniLM from the default settings
+        ns["args"] = __import__("config").parse_args(["--method", "lora"])
+    exec(compile(code, f"{name}.py Usage", "exec"), ns)
+
+
+def shell_lines(path):
+    """The `python script.py --flags` lines of a file's Usage block, [..] alternatives and comments dropped."""
+    doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+    if "Usage" not in doc:
+        return []
+    lines = [re.sub(r"\[[^\]]*\]|#.*", "", line).strip() for line in doc[doc.index("Usage"):].split("\n")]
+    return [line.split()[1:] for line in lines if re.match(r"^python [\w/]+\.py", line)]
+
+
+def test_usage_commands_use_existing_flags():
+    """Every command a Usage block shows names a script that exists and flags its parser knows
+    (train.py's through config.parse_args; the others' through their --help)."""
+    import glob
+    import os
+    import subprocess
+    import sys
+    import config
+    helps, checked = {}, 0
+    for path in sorted(glob.glob("*.py") + glob.glob("peft/*.py") + glob.glob("methods/*.py") + glob.glob("tools/*.py")):
+        for script, *argv in shell_lines(path):
+            assert os.path.isfile(script), f"{path}: Usage runs {script}, which does not exist"
+            checked += 1
+            if script == "train.py":
+                config.parse_args([a for a in argv if a != "DIR"] + (["x"] if argv[-1:] == ["--export_hf"] else []))
+                continue
+            if script not in helps:
+                helps[script] = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
+                                               timeout=120).stdout
+            for flag, value in zip(argv, argv[1:] + [""]):
+                if not flag.startswith("--"):
+                    continue
+                assert flag in helps[script], f"{path}: Usage passes {flag} to {script}, whose --help lacks it"
+                choices = re.search(re.escape(flag) + r" \{([^}]*)\}", helps[script])
+                if choices and not value.startswith("--"):
+                    assert value in choices.group(1).split(","), f"{path}: {flag} {value} is not a choice of {script}"
+    assert checked >= 20  # the tools' Usage blocks were found

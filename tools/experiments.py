@@ -14,9 +14,9 @@ Regenerate the README's results with one command: run a named grid of `train.py`
 
 Usage:
     python tools/experiments.py --grid quick --jobs 2              # ~20 min on a 2-core CPU
-    python tools/experiments.py --grid cpu --jobs 2 --write_readme # the README's grid (hours on a CPU)
+    python tools/experiments.py --grid methods --jobs 2 --write_readme # RESULTS.md's methods grid (many hours on a CPU)
     python tools/experiments.py --grid paper --device cuda         # whole datasets, 8 epochs: one GPU (not yet run)
-    python tools/experiments.py --grid cpu --dry_run               # list the cells and what is done
+    python tools/experiments.py --grid methods --dry_run           # list the cells and what is done
 """
 
 import argparse
