@@ -95,8 +95,8 @@ def _load_mr(test_fraction: float) -> TextData:
                  f"{n_test} test movies; {len(group) - len(groups)} movie names merged "
                  f"into others because they share an identical review")
     full = Split(texts, np.array(labels, dtype=np.int64))
-    train = _drop_empty(_subset(full, np.flatnonzero(~is_test)), "train", notes)
-    test = _drop_empty(_subset(full, np.flatnonzero(is_test)), "test", notes)
+    train = _drop_empty(subset(full, np.flatnonzero(~is_test)), "train", notes)
+    test = _drop_empty(subset(full, np.flatnonzero(is_test)), "test", notes)
     return TextData("mr", ["rotten", "fresh"], train, test, notes)
 
 
@@ -153,11 +153,12 @@ def _drop_empty(split: Split, part: str, notes: list[str]) -> Split:
     keep = [i for i, t in enumerate(split.texts) if t.strip()]
     if len(keep) < len(split.texts):
         notes.append(f"dropped {len(split.texts) - len(keep)} empty texts from {part}")
-        split = _subset(split, np.array(keep, dtype=np.int64))
+        split = subset(split, np.array(keep, dtype=np.int64))
     return split
 
 
-def _subset(split: Split, idx: np.ndarray) -> Split:
+def subset(split: Split, idx: np.ndarray) -> Split:
+    """The examples of `split` at positions idx, with their texts, labels and rows."""
     return Split([split.texts[i] for i in idx], split.labels[idx], split.rows[idx])
 
 
@@ -274,8 +275,8 @@ def _load_user(path: Path, test_path: Path | None, fraction: float) -> TextData:
         notes = [f"test set from {test_path}"]
     else:
         is_test = _split_test(train.labels, fraction)
-        test = _subset(train, np.flatnonzero(is_test))
-        train = _subset(train, np.flatnonzero(~is_test))
+        test = subset(train, np.flatnonzero(is_test))
+        train = subset(train, np.flatnonzero(~is_test))
         notes = [f"stratified {fraction:.0%} test split (seed {SPLIT_SEED})"]
     return TextData(path.name, class_names, train, test, notes)
 
@@ -305,7 +306,7 @@ def _stratified_subsample(data: TextData, part: str, n: int, seed: int, how: str
     if n >= len(split.texts):
         return split
     data.notes.append(f"subsampled {part} from {len(split.texts)} to {n} (stratified, {how})")
-    return _subset(split, _stratified_pick(split.labels, n, np.random.default_rng(seed)))
+    return subset(split, _stratified_pick(split.labels, n, np.random.default_rng(seed)))
 
 
 DATASETS = Registry("dataset")  # name -> fn(test_fraction) -> TextData, the --dataset names

@@ -16,26 +16,9 @@ import torch
 
 import batching
 import dist
-import export
 from calibration import calibration_metrics
 from mixture import detector_metrics
 from model import mean_pool
-
-
-def can_fold(model, hooks):
-    """Can the evaluation passes run on the model folded into plain weights (export.fold_model:
-    LoRA, BitFit; the same logits to ~1e-6 without the low-rank branches, a cheaper pass: a speed
-    path, docs/speed.md)? Asked once, before training."""
-    try:
-        export.fold_model(model, hooks)
-        return True
-    except export.ExportError:
-        return False
-
-
-def evaluation_model(model, hooks, fold):
-    """The model the evaluation passes run this epoch: folded afresh (fold = can_fold(...)), or itself."""
-    return export.fold_model(model, hooks) if fold else model
 
 
 @dataclass
@@ -68,7 +51,7 @@ class Evaluator:
             if out is None:
                 out = np.zeros((len(token_ids), logits.shape[1]), dtype=np.float32)
             out[idx] = logits
-        return dist.gather_rows(out, filled, self.device)
+        return dist.gather_rows(out, filled, self.device) if self.world > 1 else out  # world 1: this rank alone
 
 
 @dataclass

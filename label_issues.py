@@ -14,7 +14,10 @@ The scores below rank by that signal; higher = more suspect:
 * ``mixture``    - 1 - P(clean) of the two-component mixture on the smoothed loss (CleaR, Sec. 4.2)
 
 DEFAULT_SCORE is the one that ranked the truly noisy samples best in our runs (README,
-"Label issues"). ``confident_joint`` estimates the noise's transition counts from the model's
+"Label issues"). Validation and test rows have no training history: the kept model's loss on
+their label is their score (held out, as cleanlab scores out-of-sample probabilities). Each
+split flags its round(r N) most suspect rows, r the detector's estimate of the noise rate
+(estimated_noise_rate), so the flag count follows the noise the detector sees. ``confident_joint`` estimates the noise's transition counts from the model's
 probabilities in the spirit of cleanlab's confident joint (Northcutt et al. 2021, Sec. 3.1).
 
 Usage:
@@ -26,11 +29,12 @@ Usage:
 """
 
 import csv
+from dataclasses import dataclass
 
 import numpy as np
 
 from calibration import softmax
-from mixture import auroc, clean_probability, looks_clean
+from mixture import auroc, clean_probability
 from registry import Registry
 
 DEFAULT_SCORE = "mean_loss"  # measured: README "Label issues"
@@ -88,27 +92,58 @@ def score_auroc(loss_history, observed, true, ema):
 
 
 def flag_metrics(flagged, observed, true):
-    """How well the detector's "noisy" flag finds the truly mislabelled samples."""
+    """How well the "noisy" flag finds the truly mislabelled samples."""
     flagged, noisy = np.asarray(flagged, dtype=bool), np.asarray(observed) != np.asarray(true)
     return {"issues_flagged": float(flagged.mean()),
             "issues_precision": float(noisy[flagged].mean()) if flagged.any() else None,
             "issues_recall": float(flagged[noisy].mean()) if noisy.any() else None}
 
 
-def write_label_issues(path, rows, texts, observed, logits, clean_prob, scores, class_names, score_name):
-    """label_issues.csv, most suspect first: one line per training example with its row in the data
-    (`rows`), text, observed and predicted label, the model's probability of the observed label,
-    P(clean) from the detector, the ranking score and whether the detector calls it noisy (not mixture.looks_clean)."""
-    probs = softmax(logits)                          # (N, K)
-    order = np.argsort(-np.asarray(scores), kind="stable")
+def estimated_noise_rate(clean_prob):
+    """The detector's own estimate of the share of wrong labels: the mean P(noisy) of the training rows
+    (the noisy component's weight of the loss mixture at its fit)."""
+    return float(np.mean(1.0 - np.asarray(clean_prob, dtype=np.float64)))
+
+
+def flag_most_suspect(scores, rate):
+    """(N,) bool: the round(rate * N) highest scores (ties: the earlier row), so the number flagged
+    follows the estimated noise rate rather than a threshold on a probability."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = np.zeros(len(scores), dtype=bool)
+    flagged[np.argsort(-scores, kind="stable")[:int(round(rate * len(scores)))]] = True
+    return flagged
+
+
+@dataclass
+class IssueRows:
+    """One split's rows of label_issues.csv."""
+    split: str              # "train", "validation" or "test"
+    rows: np.ndarray        # (N,) each example's line in the user's file (or position in the packaged split)
+    texts: list             # N raw texts
+    observed: np.ndarray    # (N,) the labels as the run saw them
+    logits: np.ndarray      # (N, K) the model's logits
+    scores: np.ndarray      # (N,) suspicion, higher = more suspect
+    clean_prob: np.ndarray | None = None  # (N,) the detector's P(clean); training rows only
+
+
+def write_label_issues(path, parts, class_names, rate):
+    """label_issues.csv: every row of `parts` (IssueRows), split by split, each most suspect first, with
+    its split, rank, row in the data, text, observed and predicted label, the model's probability of the
+    observed label, P(clean) (training rows), the score and whether it is flagged - the round(rate * N)
+    most suspect of each split. Returns {split: (N,) flagged}."""
+    flags = {}
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(["rank", "row", "text", "observed_label", "predicted_label", "p_observed", "p_clean",
-                      score_name, "flagged_noisy"])
-        for rank, i in enumerate(order, 1):
-            out.writerow([rank, int(rows[i]), texts[i], class_names[observed[i]], class_names[probs[i].argmax()],
-                          f"{probs[i, observed[i]]:.4f}", f"{clean_prob[i]:.4f}", f"{scores[i]:.6g}",
-                          int(not looks_clean(clean_prob[i]))])
+        out.writerow(["split", "rank", "row", "text", "observed_label", "predicted_label", "p_observed", "p_clean",
+                      "suspicion", "flagged_noisy"])
+        for part in parts:
+            probs, flags[part.split] = softmax(part.logits), flag_most_suspect(part.scores, rate)  # (N, K), (N,)
+            for rank, i in enumerate(np.argsort(-np.asarray(part.scores), kind="stable"), 1):
+                p_clean = "" if part.clean_prob is None else f"{part.clean_prob[i]:.4f}"
+                out.writerow([part.split, rank, int(part.rows[i]), part.texts[i], class_names[part.observed[i]],
+                              class_names[probs[i].argmax()], f"{probs[i, part.observed[i]]:.4f}", p_clean,
+                              f"{part.scores[i]:.6g}", int(flags[part.split][i])])
+    return flags
 
 
 def confident_joint(logits, observed, num_classes):

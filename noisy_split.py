@@ -36,6 +36,7 @@ class NoisySplit:
     report: dict              # noise.noise_report of the training part, + source_noise_rate before --oracle
     observed_all: np.ndarray  # (N_split,) the observed labels of the whole training split, as drawn
     in_train: np.ndarray      # (N_split,) bool: which rows of the split are in `train`
+    in_val: np.ndarray        # (N_split,) bool: which rows of the split are in `val`
     has_truth: bool           # the true labels are known (synthetic noise or a noise file): score against them
 
 
@@ -68,7 +69,7 @@ def make_noisy_split(args, ds, encoder, tokenizer, device, log):
     for note in ds.notes:
         log(f"data: {note}")
     has_truth = args.noise != "none" or bool(args.noisy_labels)
-    return NoisySplit(train, val, test_ids, report, observed, in_train, has_truth)
+    return NoisySplit(train, val, test_ids, report, observed, in_train, is_val, has_truth)
 
 
 def oracle_labels(oracle, observed, true, is_val, log):

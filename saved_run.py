@@ -20,7 +20,8 @@ import export
 import methods
 from build import build_hooks, build_model
 from config import RunError, parse_args
-from evaluation import Evaluator, can_fold, evaluation_model
+from evaluation import Evaluator
+from speedups import can_fold, evaluation_model
 from hardware import pick_device
 from model import default_model_dir
 

@@ -26,7 +26,7 @@ profiles and timings behind them.
    until the weight changes (its version counter, as an in-place update, merge or load bumps
    it, or its storage, as .to() moves it): the same bf16 values, so the same outputs.
 5) Evaluation on the folded model: the evaluation passes run on a copy of the model with the
-   PEFT modules merged into plain weights (evaluation.can_fold, export.fold_model) - the same
+   PEFT modules merged into plain weights (can_fold, evaluation_model; export.fold_model) - the same
    logits up to float rounding. train.py folds unless --no_speedups; it changes no module of
    the trained model, so it is not one of the switchable PATHS.
 
@@ -171,3 +171,22 @@ def enable(model, cls_only=True, paths=PATHS):
         if path != "cls_only" or cls_only:
             switch(model, path)
     return model
+
+
+# ---------------------------------------------------------------- 5) evaluation on the folded model
+def can_fold(model, hooks):
+    """Can the evaluation passes run on the model folded into plain weights (export.fold_model:
+    LoRA, BitFit; the same logits to ~1e-6 without the low-rank branches, a cheaper pass: speed
+    path 5)? Asked once, before training."""
+    import export  # (export imports this module)
+    try:
+        export.fold_model(model, hooks)
+        return True
+    except export.ExportError:
+        return False
+
+
+def evaluation_model(model, hooks, fold):
+    """The model the evaluation passes run this epoch: folded afresh (fold = can_fold(...)), or itself."""
+    import export
+    return export.fold_model(model, hooks) if fold else model

@@ -24,7 +24,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,7 +41,8 @@ import outputs
 import peft
 from build import build_hooks, build_model
 from config import RunError, parse_args, unused_settings  # noqa: F401 (train.parse_args for tools)
-from evaluation import Evaluator, can_fold, epoch_metrics, evaluation_model, run_passes
+from evaluation import Evaluator, epoch_metrics, run_passes
+from speedups import can_fold, evaluation_model
 from hardware import DeviceError, cpu_has_native_bf16, pick_device, resolve_precision  # noqa: F401
 from mixture import LossDetector
 from model import Classifier, ModelLoadError, count_params, default_model_dir
@@ -218,8 +219,8 @@ def finish(r):
     losses = np.stack(r.progress.sample_losses)
     np.savez_compressed(os.path.join(args.out, "per_sample.npz"), loss=losses, observed=r.split.train.observed,
                         true=r.split.train.true)
-    issues = outputs.write_run_outputs(args.out, r.ds, r.split, outputs.FinalState(passes, fit, losses,
-                                                                                    args.loss_ema), r.log)
+    final = outputs.FinalState(passes, fit, losses, args.loss_ema, held_out_logits(r))
+    issues = outputs.write_run_outputs(args.out, r.ds, r.split, final, r.log)
     r.progress.wall_s += time.time() - r.started
     summary = {**summarise(r), **issues}
     summary["config"] = summary.pop("config")  # last, as a reader expects it
@@ -230,6 +231,16 @@ def finish(r):
 
 def save_weights(r):
     checkpoint.save_peft(r.model, r.args.out, extra={"class_names": r.ds.class_names})
+
+
+def held_out_logits(r):
+    """The kept model's logits of the validation rows and, for your own file, of its test rows: what
+    label_issues.csv ranks beside the training rows (rank 0 alone, so no pass waits for other ranks)."""
+    alone, model = replace(r.evaluator, rank=0, world=1), evaluation_model(r.model, r.hooks, r.fold)
+    held = {"validation": alone.logits(model, r.split.val.ids)} if len(r.split.val.ids) else {}
+    if r.args.dataset not in data.DATASETS:
+        held["test"] = alone.logits(model, r.split.test_ids)
+    return held
 
 
 def kept_epoch(r):

@@ -12,6 +12,7 @@ import batching
 import evaluation
 import export
 import peft
+import speedups
 import predict
 import build
 import saved_run
@@ -51,7 +52,7 @@ FOLDABLE = [("--method", "full"), ("--method", "probe"), ("--method", "lora"), (
 def test_fold_and_export_reproduce_the_logits(tiny_model_dir, tmp_path, flags):
     model, tokenizer, hooks = built(tiny_model_dir, *flags)
     before = logits_of(model, tokenizer, hooks)
-    assert evaluation.can_fold(model, hooks)  # train.py's evaluation passes run folded
+    assert speedups.can_fold(model, hooks)  # train.py's evaluation passes run folded
     plain = export.fold_model(model, hooks)
     assert not any(peft.is_peft_param(n) and not n.startswith("head.") for n, _ in plain.named_parameters())
     folded = logits_of(plain, tokenizer, Hooks())
@@ -93,7 +94,7 @@ def test_what_cannot_fold_says_why(tiny_model_dir, flags, fragment):
     model, _, hooks = built(tiny_model_dir, *flags)
     with pytest.raises(export.ExportError, match=fragment):
         export.fold_model(model, hooks)
-    assert not evaluation.can_fold(model, hooks) and evaluation.evaluation_model(model, hooks, False) is model
+    assert not speedups.can_fold(model, hooks) and speedups.evaluation_model(model, hooks, False) is model
 
 
 def test_load_exported_rejects_other_folders(tiny_model_dir, tmp_path):
@@ -118,14 +119,22 @@ def lora_run(tiny_model_dir, tiny_dataset, tmp_path_factory):
     return out, summary
 
 
-def test_run_writes_its_user_outputs(lora_run):
+def test_run_writes_its_user_outputs(lora_run, tiny_dataset):
+    """label_issues.csv ranks every row of the user's file - training, validation and test rows, each split
+    most suspect first - and flags the detector's estimated share of each."""
     out, summary = lora_run
     issues = list(csv.DictReader(open(out / "run" / "label_issues.csv")))
-    assert len(issues) == summary["num_train"]
-    scores = [float(r[summary["issues_score"]]) for r in issues]
-    assert scores == sorted(scores, reverse=True)
-    flags = [int(r["flagged_noisy"]) for r in issues]
-    assert summary["issues_flagged"] == pytest.approx(np.mean(flags))
+    lines = sum(1 for _ in open(tiny_dataset)) - 1
+    assert sorted(int(r["row"]) for r in issues) == sorted(set(int(r["row"]) for r in issues)) and len(issues) == lines
+    by_split = {s: [r for r in issues if r["split"] == s] for s in ("train", "validation", "test")}
+    assert len(by_split["train"]) == summary["num_train"] and len(by_split["test"]) == summary["num_test"]
+    assert len(by_split["validation"]) == 19
+    for rows in by_split.values():
+        scores = [float(r["suspicion"]) for r in rows]
+        assert scores == sorted(scores, reverse=True)
+        flags = [int(r["flagged_noisy"]) for r in rows]
+        assert sum(flags) == round(summary["issues_estimated_rate"] * len(rows)) and flags == sorted(flags, reverse=True)
+    assert summary["issues_flagged"] == pytest.approx(np.mean([int(r["flagged_noisy"]) for r in by_split["train"]]))
     drawn = list(csv.DictReader(open(out / "run" / "noisy_labels.csv")))
     assert len(drawn) == summary["num_train"] + 19  # the validation share carries the same noise
     matrix = json.load(open(out / "run" / "noise_matrix.json"))

@@ -89,22 +89,34 @@ def test_flag_metrics():
     assert m == {"issues_flagged": 0.6, "issues_precision": pytest.approx(2 / 3), "issues_recall": pytest.approx(2 / 3)}
 
 
-def test_label_issues_csv_is_sorted_and_complete(tmp_path):
+def test_label_issues_csv_ranks_each_split_and_flags_the_estimated_share(tmp_path):
     logits, observed = loss_history(n=30, k=3)
     scores, p_clean = np.random.default_rng(3).uniform(size=30), np.linspace(0, 1, 30)
+    val_scores = np.random.default_rng(4).uniform(size=10)
+    parts = [label_issues.IssueRows("train", np.arange(30) + 2, [f"text {i}" for i in range(30)], observed, logits[0],
+                                    scores, p_clean),
+             label_issues.IssueRows("validation", np.arange(10) + 40, [f"val {i}" for i in range(10)], observed[:10],
+                                    logits[0][:10], val_scores)]
     path = tmp_path / "issues.csv"
-    label_issues.write_label_issues(path, np.arange(30) + 2, [f"text {i}" for i in range(30)], observed, logits[0],
-                                    p_clean, scores, ["a", "b", "c"], "mean_loss")
+    rate = label_issues.estimated_noise_rate(p_clean)
+    assert rate == pytest.approx(0.5)
+    flags = label_issues.write_label_issues(path, parts, ["a", "b", "c"], 0.3)
     rows = list(csv.DictReader(open(path)))
-    assert len(rows) == 30 and sorted(int(r["row"]) for r in rows) == list(range(2, 32))
-    got = [float(r["mean_loss"]) for r in rows]
-    assert got == sorted(got, reverse=True)
-    for r in rows:
+    train, val = [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "validation"]
+    assert [r["split"] for r in rows] == ["train"] * 30 + ["validation"] * 10  # split by split
+    assert sorted(int(r["row"]) for r in train) == list(range(2, 32)) and [int(r["rank"]) for r in val] == list(range(1, 11))
+    for part, got in ((scores, train), (val_scores, val)):
+        values = [float(r["suspicion"]) for r in got]
+        assert values == sorted(values, reverse=True)
+        assert [int(r["flagged_noisy"]) for r in got] == [1] * round(0.3 * len(got)) + [0] * (len(got) - round(0.3 * len(got)))
+    assert flags["train"].sum() == 9 and flags["validation"].sum() == 3 and flags["train"][np.argmax(scores)]
+    for r in train:
         i = int(r["row"]) - 2
         assert r["text"] == f"text {i}" and r["observed_label"] == "abc"[observed[i]]
         assert r["predicted_label"] == "abc"[logits[0][i].argmax()]
-        assert int(r["flagged_noisy"]) == (p_clean[i] <= 0.5)
+        assert float(r["p_clean"]) == pytest.approx(p_clean[i], abs=1e-4)
         assert float(r["p_observed"]) == pytest.approx(softmax(logits[0])[i, observed[i]], abs=1e-4)
+    assert all(r["p_clean"] == "" for r in val)  # the detector fits the training rows only
 
 
 def test_confident_joint_of_a_perfect_model_is_the_realised_noise():
