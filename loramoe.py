@@ -106,7 +106,8 @@ class LoRAMoE(peft.PeftKind):
         return 2 * (self.trainable_params(bert, 0))
 
 
-MOE_TYPES = ("none", "clean", "truth")  # where sample types come from: nowhere, the loss mixture, the truth
+MOE_TYPES = ("none", "clean", "truth", "label")  # where sample types come from: nowhere, the loss mixture, the
+# truth, the observed label (visible in the text where the class is)
 
 
 @dataclass
@@ -116,7 +117,9 @@ class LoRAMoEConfig:
     moe_beta: float = setting(0.1, "weight of the balance loss")
     moe_types: str = setting("none", "sample types for the balance: none = plain balance; clean = after "
                                      "--warmup_epochs, loss-GMM clean samples to expert group 0, suspected noisy "
-                                     "to group 1; truth = the same with the true noisy flags (an oracle)",
+                                     "to group 1; truth = the same with the true noisy flags (an oracle); label = "
+                                     "from the first step, the observed label's half of the class list (two classes: "
+                                     "the class; on mr+r8: the source, which the text shows)",
                              choices=MOE_TYPES)
 
     def __post_init__(self):
@@ -181,7 +184,8 @@ class LoRAMoEHooks(Hooks):
             raise SettingError(f"--moe_types {cfg.moe_types} needs --moe_experts >= 2 for two expert groups")
         self.truly_noisy = None  # --moe_types truth: the true noisy flags (read_truth)
         self.types = torch.zeros(num_train, dtype=torch.long)  # 1 = suspected noisy
-        self.typed = False  # False: plain balance (moe_types="none", or still warming up)
+        self.typed = cfg.moe_types == "label"  # False: plain balance (moe_types="none", or still warming up)
+        self.num_classes = model.head.out_features if cfg.moe_types == "label" else None  # (a Classifier's head)
         self.share0 = torch.zeros(num_train, dtype=torch.float64)  # per sample: sum of group 0's shares
         self.visits = torch.zeros(num_train, dtype=torch.float64)  # and how many steps saw it
         self.loss_sum, self.steps = 0.0, 0
@@ -190,7 +194,11 @@ class LoRAMoEHooks(Hooks):
     def extra_losses(self, out, batch):
         if any(m.last_route is None for m in self.modules):
             raise RuntimeError("extra_losses needs a forward pass through the LoRAMoE model first")
-        types = self.types[batch.index.cpu()].to(batch.index.device) if self.typed else None
+        if self.cfg.moe_types == "label":  # types the router can see: the half of the classes the label is in
+            types = (batch.label >= (self.num_classes + 1) // 2).long()
+            self.types[batch.index.cpu()] = types.cpu()
+        else:
+            types = self.types[batch.index.cpu()].to(batch.index.device) if self.typed else None
         mask = batch.attention_mask
         loss = sum(balance_loss(m.last_route, mask, types, self.cfg.moe_delta, self.cfg.moe_beta)
                    for m in self.modules)
@@ -208,7 +216,7 @@ class LoRAMoEHooks(Hooks):
         balance = self.loss_sum / self.steps if self.steps else None
         assigned = self.types.numpy().copy() if self.typed else None  # the types this epoch trained with
         self.last = (self.share0.numpy(), self.visits.numpy(), balance, assigned)
-        if self.cfg.moe_types != "none" and epoch + 1 >= self.warmup_epochs:  # from the next epoch on
+        if self.cfg.moe_types in ("clean", "truth") and epoch + 1 >= self.warmup_epochs:  # from the next epoch on
             noisy = ~looks_clean(fit.clean_prob) if self.cfg.moe_types == "clean" else self.truly_noisy
             self.types, self.typed = torch.as_tensor(noisy).long(), True  # clean: the detector CleaR uses
         self.share0, self.visits = torch.zeros_like(self.share0), torch.zeros_like(self.visits)

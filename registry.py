@@ -59,6 +59,6 @@ class Registry(dict):
 
 
 def summary_of(entry):
-    """An entry's one-line description: its `summary` attribute, else its docstring's first line."""
-    text = getattr(entry, "summary", None) or (entry.__doc__ or "").strip().split("\n")[0]
-    return text.strip().rstrip(".")
+    """An entry's description: its `summary` attribute, else its docstring's first paragraph on one line."""
+    text = getattr(entry, "summary", None) or (entry.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(text.split()).rstrip(".")

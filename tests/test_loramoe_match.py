@@ -1,5 +1,6 @@
 """LoRAMoE (experts per FFN linear, localized balancing) and Match-Tuning (in-batch mixing head)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,6 +188,30 @@ def test_loramoe_routing_types_from_the_loss_gmm_after_warmup():
     fresh = LoRAMoEHooks(model, n, cfg, warmup_epochs=2)
     fresh.load_state_dict(hooks.state_dict())
     assert fresh.typed and torch.equal(fresh.types, hooks.types)
+
+
+def test_loramoe_label_types_are_the_label_half_from_the_first_step():
+    """--moe_types label: a sample's type is the half of the class list its observed label lies in (two
+    classes: the class itself), known from the first step and used by the balance loss."""
+    model = moe_model()
+    model.head = torch.nn.Linear(model.head.in_features, 2)  # two classes: the type is the class
+    hooks = LoRAMoEHooks(model, 8, LoRAMoEConfig(moe_types="label"))
+    assert hooks.typed
+    b = make_batch(label=[0, 1, 1, 0])
+    with torch.no_grad():
+        model(b.input_ids, b.attention_mask)
+    typed = hooks.extra_losses(None, b)["balance"]
+    plain = LoRAMoEHooks(model, 8, LoRAMoEConfig()).extra_losses(None, b)["balance"]
+    assert hooks.types[:4].tolist() == [0, 1, 1, 0] and not torch.allclose(typed, plain)
+    hooks.end_epoch(0, np.zeros((8, 2)), np.array([0, 1, 1, 0, 0, 0, 0, 0]), None)
+    m = hooks.epoch_metrics(np.zeros(8, dtype=np.int64), np.zeros(8, dtype=np.int64))
+    assert m["moe_g0_typed_clean"] is not None and m["moe_g0_typed_noisy"] is not None and "moe_typed_gap" in m
+    model.head = torch.nn.Linear(model.head.in_features, 4)  # four classes: 0, 1 -> type 0; 2, 3 -> type 1
+    four = LoRAMoEHooks(model, 8, LoRAMoEConfig(moe_types="label"))
+    with torch.no_grad():
+        model(b.input_ids, b.attention_mask)
+    four.extra_losses(None, make_batch(label=[3, 1, 2, 0]))
+    assert four.types[:4].tolist() == [1, 0, 1, 0]
 
 
 def test_loramoe_save_load_round_trip(tmp_path):

@@ -277,6 +277,15 @@ LORAMOE_CONTROLS = ["loramoe-none", "loramoe-off", "loramoe-truth", "lora-ffn-r2
 # the methods grid's cells again, with this code's specialisation metrics (the same training; to be checked)
 GRIDS["loramoe"] = [c for s in (0, 1, 2) for d, noise in MATCH_SETTINGS
                     for c in cells([d], [noise], LORAMOE_CONTROLS, [s], RESULT_DATA)]
+# Where the types are visible in the input: no noise, each sample typed by its observed label's half of the
+# class list - on mr+r8 the source (movie reviews vs Reuters), on mr the sentiment class - with the balance
+# on (the method) and off (--moe_beta 0: how far routing separates the types by itself).
+VARIANTS.update({"loramoe-label": ["--method", "loramoe", "--moe_types", "label"],
+                 "loramoe-label-off": ["--method", "loramoe", "--moe_types", "label", "--moe_beta", "0"]})
+RESULT_DATA["mr+r8"] = RESULT_DATA["mr"]
+LORAMOE_VISIBLE = ["mr+r8", "mr"]
+GRIDS["loramoe"] += [c for s in (0, 1, 2) for d in LORAMOE_VISIBLE
+                     for c in cells([d], [("none", 0.0)], ["loramoe-label", "loramoe-label-off"], [s], RESULT_DATA)]
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
