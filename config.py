@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 import batching
 import data
+import export
 import methods
 import noise
 import peft
@@ -36,12 +37,6 @@ def kind_rates():
     """'full 0.0001, lora 0.002, ...': each PEFT kind's default peak learning rate, for --lr's help."""
     return ", ".join(f"{'full' if c.trains_base else k} {c.default_lr:g}" for k, c in peft.KINDS.items()
                      if c.standalone)
-
-
-def foldable_kinds():
-    """The PEFT kinds whose modules fold into plain BERT weights (they define fold), for --export_hf's help."""
-    return ", ".join("full" if c.trains_base else k for k, c in peft.KINDS.items()
-                     if c.fold is not peft.PeftKind.fold)
 
 
 def peft_choices():
@@ -127,7 +122,7 @@ class RunAndOutputs:
                         "for --resume", choices=("selected", "last"))
     export_hf: str | None = setting(None, lambda: "after training (or with --eval_only), write the kept model "
                                     "merged into the Hugging Face BertForSequenceClassification layout in this folder "
-                                    f"(the kinds that fold: {foldable_kinds()}; CleaR at its expected gates; export.py)")
+                                    f"({export.what_folds()}; export.py)")
     eval_only: bool = setting(False, "only evaluate the run saved in --load on its test split")
     load: str | None = setting(None, "a finished run's directory (with peft.safetensors) for --eval_only")
 

@@ -36,6 +36,23 @@ import speedups
 from model import BertConfig, Classifier, Encoder, ModelLoadError, hf_name_map, load_encoder_weights, \
     load_tokenizer, read_safetensors
 
+def foldable_kinds():
+    """The PEFT kinds whose modules fold into plain BERT weights (they define fold): the one source for
+    train.py's and predict.py's --help, the README and the export itself."""
+    import methods  # noqa: F401  (registers every kind: LoRAMoE's lives in loramoe.py)
+    import peft
+    return ["full" if c.trains_base else k for k, c in peft.KINDS.items() if c.fold is not peft.PeftKind.fold]
+
+
+def what_folds():
+    """One sentence of which runs export, for --help and the README (a test holds the README to it)."""
+    import peft
+    folds = foldable_kinds()
+    cannot = [k for k in peft.KINDS if k not in folds]
+    return (f"{', '.join(foldable_kinds())} fold into plain BERT weights (CleaR on them at its expected gates, "
+            f"Match-Tuning's evaluation head too); {', '.join(cannot)} cannot")
+
+
 POOLER_EPS = 2.0 ** -14  # the pooler's near-linear scale; a power of two, so x / eps * eps == x
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 

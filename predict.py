@@ -7,8 +7,8 @@ Classify new texts with a finished run (or a folder written by --export_hf).
     python predict.py RUN --file reviews.csv --out predictions.csv   # or .jsonl
     python predict.py RUN --export_hf exported/          # write the merged Hugging Face model and stop
 
-The run's PEFT modules are folded into plain weights when its kind allows (export.fold_model: LoRA
-and BitFit merged, CleaR at its expected gates), else the run's own model predicts with its
+The run's PEFT modules are folded into plain weights when its kind allows (export.fold_model,
+export.what_folds), else the run's own model predicts with its
 evaluation gates. Texts are batched by length; each gets the label name and every class's
 probability. Bad input (no such run, an empty text, a csv without a text column, bytes that are
 not UTF-8) is one line on stderr and exit code 2.
@@ -130,7 +130,8 @@ def main(argv=None):
     p.add_argument("texts", nargs="*", help="texts to classify ('-': read stdin, one per line)")
     p.add_argument("--file", default=None, help=".txt (one per line), .csv/.tsv (a text column) or .jsonl")
     p.add_argument("--out", default=None, help="also write the predictions to this .csv or .jsonl")
-    p.add_argument("--export_hf", default=None, help="write the run merged in the Hugging Face layout here, then stop")
+    p.add_argument("--export_hf", default=None, help="write the run merged in the Hugging Face layout here, then "
+                   f"stop ({export.what_folds()})")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -185,3 +185,30 @@ def test_usage_commands_use_existing_flags():
                 if choices and not value.startswith("--"):
                     assert value in choices.group(1).split(","), f"{path}: {flag} {value} is not a choice of {script}"
     assert checked >= 20  # the tools' Usage blocks were found
+
+
+def test_one_source_for_what_folds():
+    """Which kinds export is written once (export.what_folds): --help of train.py and predict.py and the
+    README say exactly that, and every kind it names really folds."""
+    import subprocess
+    import sys
+    import export
+    import peft
+    from conftest import tiny_classifier
+    from hooks import Hooks
+    said = export.what_folds()
+    squeeze = lambda text: "".join(text.split())  # noqa: E731  (--help wraps lines, at hyphens too)
+    assert squeeze(said) in squeeze(open("README.md").read())
+    for script in ("train.py", "predict.py"):
+        out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120).stdout
+        assert squeeze(said) in squeeze(out), script
+    for name in export.foldable_kinds():
+        model = tiny_classifier(2)
+        kind = peft.KINDS[name]
+        peft.inject(model, kind())
+        export.fold_model(model, Hooks())  # raises ExportError where it cannot
+    for name in set(peft.KINDS) - set(export.foldable_kinds()):
+        model = tiny_classifier(2)
+        peft.inject(model, peft.KINDS[name]())
+        with pytest.raises(export.ExportError):
+            export.fold_model(model, Hooks())
