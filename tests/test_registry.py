@@ -303,5 +303,5 @@ def test_a_registered_dataset_trains_by_name(tiny_model_dir, tmp_path, monkeypat
     summary = train.main(["--model", tiny_model_dir, "--dataset", "toy", "--method", "lora", "--epochs", "1",
                           "--max_train", "50", "--out", str(tmp_path / "run"), *TINY])
     assert summary["num_classes"] == 2 and summary["num_test"] == 20 and summary["num_train"] == 45
-    with pytest.raises(data.DataError, match="use mr, 20ng, r8, toy or"):
+    with pytest.raises(data.DataError, match=r"use mr, 20ng, r8, mr\+r8, toy or"):
         data.load_data("nonesuch")
