@@ -33,6 +33,7 @@ sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 import accuracy  # noqa: E402
 import fidelity  # noqa: E402
 import report  # noqa: E402
+import scale  # noqa: E402
 import verdicts  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, atomic_write  # noqa: E402
 
@@ -289,10 +290,19 @@ GRIDS["loramoe"] += [c for s in (0, 1, 2) for d in LORAMOE_VISIBLE
 GRIDS["ema"] = cells(["mr"], [("sym", 0.4)], ["clear", "clear-ema0", "lora", "lora-ema0"], [0, 1], {"mr": CPU_DATA})
 
 
+# The label-issue flag (newcomer issue): the methods grid's LoRA and CleaR cells of four settings re-run - the
+# same training, the same metrics - with label_issues.csv flagging the detector's estimated share of rows, so each
+# row's flag precision and recall sit beside the methods grid's, where the flag was P(clean) <= 0.5.
+ISSUES_SETTINGS = [("mr", ("sym", 0.2)), ("mr", ("sym", 0.4)), ("20ng", ("sym", 0.4)), ("r8", ("asym", 0.4))]
+GRIDS["issues"] = [c for s in (0, 1, 2) for d, noise in ISSUES_SETTINGS
+                   for c in cells([d], [noise], ["clear", "lora"], [s], RESULT_DATA)]
+
+
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
            "precision": "results/precision", "methods": "results/methods", "accuracy": "results/accuracy",
-           "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe"}
+           "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe",
+           "issues": "results/issues"}
 
 
 def status(cell, root):
@@ -361,6 +371,13 @@ def readme_blocks(grid, root, assets, draw=()):
         return accuracy_blocks(grid, root, assets, draw)
     if grid is GRIDS.get("match") or grid is GRIDS.get("loramoe"):
         return fidelity_blocks(grid, root)
+    if grid is GRIDS.get("issues"):
+        same = [c for c in GRIDS["methods"] if c in grid]  # the same cells, flagged by P(clean) <= 0.5
+        return {"issues-flags": report.flag_table(finished_runs(grid, root),
+                                                  finished_runs(same, os.path.join(ROOT, RESULTS["methods"])))}
+    if grid is GRIDS.get("scale"):
+        path = os.path.join(assets, "scale_curves.png")
+        return scale.scale_blocks(finished_runs(grid, root) + scale_reused_runs(), path, draw="scale-curves" in draw)
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}
@@ -426,6 +443,20 @@ def fidelity_blocks(grid, root):
     main = [c for c in grid if c not in pilot or c.method == f"match-{c.method.split('-')[1]}-tau"
             f"{MATCH_TAU[c.method.split('-')[1]]:g}"]
     return fidelity.match_blocks(finished_runs(pilot, root), finished_runs(main, root), baseline)
+
+
+SCALE_REUSED = {"results/methods": ["lora", "clear", "full"], "results/accuracy": ["gce"]}  # at their grid's N
+
+
+def scale_reused_runs():
+    """The scale curves' points at the methods grid's sizes (20ng 1,000, mr 2,000): those grids' finished
+    cells of SCALE_METHODS at SCALE_NOISE."""
+    runs = []
+    for results_dir, names in SCALE_REUSED.items():
+        grid = GRIDS["methods" if results_dir == "results/methods" else "accuracy"]
+        cells_here = [c for c in grid if c.method in names and (c.noise, c.rate) == SCALE_NOISE.get(c.dataset)]
+        runs += finished_runs(cells_here, os.path.join(ROOT, results_dir))
+    return runs
 
 
 def reused_runs(grid_name):

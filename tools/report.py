@@ -149,6 +149,28 @@ def table(runs, extra_columns=(), by_lr=False):
     return markdown_table(head, rows)
 
 
+def flag_table(runs, earlier):
+    """label_issues.csv's flag on the training rows, per (dataset, noise, method): the detector's estimated
+    noise rate against the realised one, the share flagged, precision and recall - and, from `earlier` runs
+    of the same cells whose flag was P(clean) <= 0.5, that flag's share, precision and recall."""
+    rows, old = [], defaultdict(list)
+    for summary, _ in earlier:
+        old[group_key(summary["config"])].append(summary)
+    groups = defaultdict(list)
+    for summary, _ in runs:
+        groups[group_key(summary["config"])].append(summary)
+    for key, ss in sorted(groups.items()):
+        before = old.get(key, [])
+        rows.append([*key, str(len(ss)), fmt([s["realized_noise_rate"] for s in ss]),
+                     fmt([s.get("issues_estimated_rate") for s in ss]), fmt([s.get("issues_flagged") for s in ss]),
+                     fmt([s.get("issues_precision") for s in ss]), fmt([s.get("issues_recall") for s in ss]),
+                     fmt([s.get("issues_flagged") for s in before]), fmt([s.get("issues_precision") for s in before]),
+                     fmt([s.get("issues_recall") for s in before])])
+    head = ["dataset", "noise", "method", "seeds", "realised noise", "estimated rate", "flagged", "precision",
+            "recall", "flagged (P(clean) <= 0.5)", "precision (0.5)", "recall (0.5)"]
+    return markdown_table(head, rows)
+
+
 def pyplot():
     """matplotlib.pyplot without a display; matplotlib is optional, so say how to get it."""
     try:

@@ -1,0 +1,115 @@
+"""
+The fidelity issue's scale study: do the claims hold with more data? For each dataset and method, against
+the number of training examples N (1,000 / 2,000, 5,000, the whole split): validation-selected and last
+test accuracy, the memorised share of the truly noisy labels, the loss detector's AUROC, each method's
+advantage over plain LoRA, and the cost - a training pass's seconds per epoch and per example, with the
+exponent b of seconds ~ N^b fitted over the sizes (b <= 1: no worse than linear). experiments.py writes
+the blocks into RESULTS.md (grid:scale:*), so no number is typed by hand.
+
+Usage:
+    blocks = scale_blocks(runs, "assets/scale_curves.png", draw=True)   # {marker key: markdown}
+"""
+
+from collections import defaultdict
+
+import numpy as np
+
+import report
+
+MEASURES = [("selected_test_acc", "selected acc"), ("last_test_acc", "last acc"), ("noisy_memorized", "memorised"),
+            ("det_auroc", "det_auroc")]
+
+
+def by_curve(runs):
+    """{(dataset, noise, method): {N: [(summary, metrics), ...]}}, N the training examples after the
+    validation share."""
+    curves = defaultdict(lambda: defaultdict(list))
+    for summary, metrics in runs:
+        dataset, noise_name, method = report.group_key(summary["config"])
+        curves[dataset, noise_name, method][summary["num_train"]].append((summary, metrics))
+    return curves
+
+
+def pass_seconds(metrics):
+    """Median seconds of an epoch's training pass (the optimizer steps alone) over the run's epochs."""
+    return float(np.median([m["train_pass_s"] for m in metrics if m.get("train_pass_s") is not None]))
+
+
+def cost_exponent(sizes, seconds):
+    """b of seconds = a N^b, least squares on log-log; None for fewer than two sizes."""
+    if len(sizes) < 2:
+        return None
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def scale_table(runs):
+    """One row per (dataset, noise, method, N): seeds, the MEASURES, the advantage over LoRA at that N
+    (selected accuracy, points), the training pass per epoch and per example."""
+    curves, rows = by_curve(runs), []
+    for (dataset, noise_name, method), points in sorted(curves.items()):
+        lora = curves.get((dataset, noise_name, "lora"), {})
+        for n, rs in sorted(points.items()):
+            summaries = [s for s, _ in rs]
+            sec = [pass_seconds(m) for _, m in rs]
+            vs = "-"
+            if method != "lora" and n in lora:
+                base = np.mean([s["selected_test_acc"] for s, _ in lora[n]])
+                vs = f"{100 * (np.mean([s['selected_test_acc'] for s in summaries]) - base):+.1f}"
+            rows.append([dataset, noise_name, method, f"{n:,}", str(len(rs))]
+                        + [report.fmt([s.get(k) for s in summaries], **({} if k != "det_auroc" else
+                                                                          {"scale": 1.0, "digits": 3}))
+                           for k, _ in MEASURES]
+                        + [vs, f"{np.median(sec):.0f}", f"{1000 * np.median(sec) / n:.1f}"])
+    head = ["dataset", "noise", "method", "N train", "seeds", *(name for _, name in MEASURES), "selected vs LoRA",
+            "train pass s/epoch", "ms/example"]
+    return report.markdown_table(head, rows)
+
+
+def cost_table(runs):
+    """Per (dataset, method): the fitted exponent b of training-pass seconds per epoch ~ N^b over the sizes
+    measured, and the sizes it rests on."""
+    rows = []
+    for (dataset, noise_name, method), points in sorted(by_curve(runs).items()):
+        sizes = sorted(points)
+        seconds = [np.median([pass_seconds(m) for _, m in points[n]]) for n in sizes]
+        b = cost_exponent(sizes, seconds)
+        rows.append([dataset, noise_name, method, ", ".join(f"{n:,}" for n in sizes),
+                     "-" if b is None else f"{b:.2f}"])
+    return report.markdown_table(["dataset", "noise", "method", "N measured", "b (s/epoch ~ N^b)"], rows)
+
+
+def plot_scale(runs, path):
+    """One row per dataset: selected accuracy, memorised share and detector AUROC against N (log axis),
+    one line per method, seed means with their spread."""
+    plt = report.pyplot()
+    curves = by_curve(runs)
+    datasets = sorted({d for d, _, _ in curves})
+    keys = [("selected_test_acc", "selected test accuracy (%)", 100), ("noisy_memorized", "noisy labels memorised (%)",
+                                                                        100), ("det_auroc", "detector AUROC", 1)]
+    fig, axes = plt.subplots(len(datasets), len(keys), figsize=(4.3 * len(keys), 3.4 * len(datasets)), squeeze=False)
+    for (dataset, noise_name, method), points in sorted(curves.items()):
+        row, sizes = datasets.index(dataset), sorted(points)
+        for col, (key, label, scale) in enumerate(keys):
+            values = [[scale * s[key] for s, _ in points[n] if s.get(key) is not None] for n in sizes]
+            mean = [np.mean(v) if v else np.nan for v in values]
+            spread = [np.std(v) if v else np.nan for v in values]
+            axes[row, col].errorbar(sizes, mean, yerr=spread, marker="o", capsize=3, label=method)
+            axes[row, col].set_xscale("log")
+            axes[row, col].set_ylabel(label)
+            axes[row, col].set_title(f"{dataset}, {noise_name}")
+    for ax in axes[-1]:
+        ax.set_xlabel("training examples N")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def scale_blocks(runs, path, draw=False):
+    """{"scale-table", "scale-cost", "scale-curves"} of the scale study's runs (+ the reused cells)."""
+    if not runs:
+        return {}
+    if draw:
+        plot_scale(runs, path)
+    return {"scale-table": scale_table(runs), "scale-cost": cost_table(runs),
+            "scale-curves": f"![selected accuracy, memorised share and detector AUROC against training examples]({path})"}
