@@ -6,6 +6,7 @@ from contextlib import nullcontext
 import ast
 import doctest
 import importlib
+import os
 import re
 import textwrap
 
@@ -212,3 +213,36 @@ def test_one_source_for_what_folds():
         peft.inject(model, peft.KINDS[name]())
         with pytest.raises(export.ExportError):
             export.fold_model(model, Hooks())
+
+
+def troubles():
+    """(command argv after 'python train.py', the error line) of every block in docs/troubleshooting.md."""
+    text = open("docs/troubleshooting.md").read()
+    found = re.findall(r"^\$ python train\.py ?(.*)\n(error: .*)$", text, flags=re.M)
+    return [(cmd.split(), line) for cmd, line in found]
+
+
+@pytest.mark.parametrize("argv,line", troubles())
+def test_troubleshooting_prints_what_it_says(argv, line, tmp_path, monkeypatch, capsys):
+    """Each error of docs/troubleshooting.md, produced by its command in a folder set up as the text says."""
+    import model
+    import train
+    from conftest import make_text_dataset
+    monkeypatch.chdir(tmp_path)
+    make_text_dataset(tmp_path / "reviews.csv", n=40)
+    (tmp_path / "my_reviews.csv").write_text("review,sentiment\na fine film,pos\n")
+    os.makedirs("runs/mine")
+    (tmp_path / "runs/mine/summary.json").write_text("{}")
+    if argv == []:  # the packaged model missing
+        monkeypatch.setattr(model, "MODEL_PACKAGE", "no_such_model_package")
+    if "--device" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv + ["--no_progress"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert not os.path.exists("exported")  # nothing written
+
+
+def test_troubleshooting_covers_five_errors():
+    assert len(troubles()) >= 5
