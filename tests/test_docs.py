@@ -159,22 +159,40 @@ def shell_lines(path):
     return [line.split()[1:] for line in lines if re.match(r"^python [\w/]+\.py", line)]
 
 
+def doc_commands(path):
+    """The `python script.py ...` lines of a Markdown file's code blocks (a `$ ` prompt and backslash
+    continuations allowed, `# comments` and [..] alternatives dropped), as argv lists."""
+    out, block = [], None
+    for line in open(path).read().replace("\\\n", " ").split("\n"):
+        if line.startswith("```"):
+            block = None if block is not None else []
+            continue
+        if block is None:
+            continue
+        line = re.sub(r"\[[^\]]*\]|\s#.*", "", line).strip()
+        line = re.sub(r"^\$ ", "", line)
+        line = re.sub(r"^(OMP_NUM_THREADS=\S+ )?(torchrun .*?)?(?=python |train\.py)", "", line)
+        if re.match(r"^python [\w/]+\.py", line):
+            out.append(line.split()[1:])
+        elif re.match(r"^train\.py", line):  # torchrun --nproc_per_node 2 train.py ...
+            out.append(line.split())
+    return out
+
+
 def test_usage_commands_use_existing_flags():
-    """Every command a Usage block shows names a script that exists and flags its parser knows
-    (train.py's through config.parse_args; the others' through their --help)."""
+    """Every command a Usage block, the README, RESULTS.md or docs/ shows names a script that exists and
+    flags its parser knows (and, where --help lists choices, a value among them)."""
     import glob
-    import os
     import subprocess
     import sys
-    import config
     helps, checked = {}, 0
-    for path in sorted(glob.glob("*.py") + glob.glob("peft/*.py") + glob.glob("methods/*.py") + glob.glob("tools/*.py")):
-        for script, *argv in shell_lines(path):
+    docs = ["README.md", "RESULTS.md"] + sorted(glob.glob("docs/*.md"))
+    code = sorted(glob.glob("*.py") + glob.glob("peft/*.py") + glob.glob("methods/*.py") + glob.glob("tools/*.py"))
+    for path in code + docs:
+        for script, *argv in (doc_commands(path) if path.endswith(".md") else shell_lines(path)):
+            argv = [a for a in argv if a not in ("|", ">")]
             assert os.path.isfile(script), f"{path}: Usage runs {script}, which does not exist"
             checked += 1
-            if script == "train.py":
-                config.parse_args([a for a in argv if a != "DIR"] + (["x"] if argv[-1:] == ["--export_hf"] else []))
-                continue
             if script not in helps:
                 helps[script] = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
                                                timeout=120).stdout
@@ -183,9 +201,9 @@ def test_usage_commands_use_existing_flags():
                     continue
                 assert flag in helps[script], f"{path}: Usage passes {flag} to {script}, whose --help lacks it"
                 choices = re.search(re.escape(flag) + r" \{([^}]*)\}", helps[script])
-                if choices and not value.startswith("--"):
+                if choices and not value.startswith("--") and "$" not in value:
                     assert value in choices.group(1).split(","), f"{path}: {flag} {value} is not a choice of {script}"
-    assert checked >= 20  # the tools' Usage blocks were found
+    assert checked >= 60  # the Usage blocks' and the Markdown files' commands were all found  # the tools' Usage blocks were found
 
 
 def test_one_source_for_what_folds():
