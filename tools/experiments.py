@@ -243,13 +243,15 @@ for _k, _a in MATCH_KINDS.items():
     _t = f"{MATCH_TAU[_k]:g}"
     VARIANTS.update({f"match-{_k}-id-tau{_t}": ["--method", "match", *_a, "--match_tau", _t, "--match_init", "identity"],
                      f"match-{_k}-nomix": ["--method", "match", *_a, "--match_mix", "none"],
-                     f"match-{_k}-tau{_t}-evalmix": ["--method", "match", *_a, "--match_tau", _t, "--match_eval", "mix"]})
+                     f"match-{_k}-tau{_t}-evalmix": ["--method", "match", *_a, "--match_tau", _t, "--match_eval", "mix"],
+                     f"match-{_k}-tau{_t}-random": ["--method", "match", *_a, "--match_tau", _t, "--batch_order",
+                                                    "random"]})
 
 
 def match_cells():
     """The pilot (every tau on both kinds and both settings, seed 0), then at each kind's chosen tau: the
-    method on seeds 1-2, the identity-init ablation and the no-mixing control on seeds 0-2, and evaluation
-    with the mix once (seed 0)."""
+    method on seeds 1-2, the identity-init ablation and the no-mixing control on seeds 0-2, evaluation with
+    the mix once (seed 0), and random batches once (LoRA, seed 0)."""
     pilot = [c for d, noise in MATCH_SETTINGS for k in MATCH_KINDS
              for c in cells([d], [noise], [f"match-{k}-tau{t:g}" for t in MATCH_TAUS], [0], RESULT_DATA)]
     main = []
@@ -259,7 +261,10 @@ def match_cells():
             names = ([f"match-{k}-tau{t}"] if s else [f"match-{k}-tau{t}-evalmix"]) + \
                 [f"match-{k}-id-tau{t}", f"match-{k}-nomix"]
             main += [c for d, noise in MATCH_SETTINGS for c in cells([d], [noise], names, [s], RESULT_DATA)]
-    return pilot + main
+    # the table's batches are length-bucketed; the official code draws them at random: once, on LoRA, seed 0
+    random = [c for d, noise in MATCH_SETTINGS for c in cells([d], [noise], [f"match-lora-tau{MATCH_TAU['lora']:g}-random"],
+                                                                [0], RESULT_DATA)]
+    return pilot + main + random
 
 
 GRIDS["match"] = match_cells()
