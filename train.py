@@ -252,8 +252,9 @@ def kept_epoch(r):
 def print_done(args, summary):
     chosen = "" if summary["selected_epoch"] is None else \
         f"selected on noisy validation {summary['selected_test_acc']:.4f} (epoch {summary['selected_epoch']}), "
+    kept = f"; kept: epoch {summary['kept_epoch']}'s weights" if summary.get("kept_epoch") else ""
     print(f"done: test acc {chosen}best {summary['best_test_acc']:.4f} (epoch {summary['best_epoch']}, an "
-          f"oracle), last {summary['last_test_acc']:.4f}; results in {args.out}")
+          f"oracle), last {summary['last_test_acc']:.4f}{kept}; results in {args.out}")
 
 
 def open_out_dir(args, main_rank):
