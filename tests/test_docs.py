@@ -264,3 +264,43 @@ def test_troubleshooting_prints_what_it_says(argv, line, tmp_path, monkeypatch, 
 
 def test_troubleshooting_covers_five_errors():
     assert len(troubles()) >= 5
+
+
+def readme_block_after(heading):
+    """The first ```bash block after a README heading, as argv lists (shell quotes respected)."""
+    import shlex
+    text = open("README.md").read()
+    block = text[text.index(heading):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(re.sub(r"\s#.*", "", line)) for line in block.strip().split("\n")]
+
+
+def test_your_own_data_walkthrough_runs_as_written(tmp_path, monkeypatch, tiny_model_dir):
+    """A newcomer with a CSV of their own, the README's "Your own data" commands alone (the tiny model and
+    one short epoch for speed): a trained run, label_issues.csv over every row of the file, predictions of
+    new texts, and a Hugging Face export."""
+    import csv
+    import predict
+    import train
+    from conftest import make_text_dataset
+    commands = readme_block_after("## Your own data")
+    monkeypatch.chdir(tmp_path)
+    make_text_dataset(tmp_path / "reviews.csv", n=60)
+    (tmp_path / "new.csv").write_text("text\ngood good film\na bad one\n")
+    assert [c[:2] for c in commands] == [["python", "train.py"], ["python", "predict.py"], ["python", "predict.py"],
+                                         ["python", "train.py"]]
+    fast = ["--model", str(tiny_model_dir), "--epochs", "1", "--max_len", "32", "--no_progress"]
+    for _, script, *argv in commands:
+        if script == "train.py":
+            train.main(argv + (fast if "--eval_only" not in argv else []))
+        else:
+            predict.main(argv)
+    rows = list(csv.DictReader(open("runs/mine/label_issues.csv")))
+    assert len(rows) == 60 and {r["split"] for r in rows} == {"train", "validation", "test"}
+    assert len(list(csv.DictReader(open("predictions.csv")))) == 2
+    assert os.path.isfile("runs/mine-hf/config.json") and os.path.isfile("runs/mine-hf/model.safetensors")
+
+
+def test_readme_troubleshooting_lines_are_the_checked_ones():
+    """The README's troubleshooting bullets quote lines docs/troubleshooting.md's test produces."""
+    said = re.findall(r"^- `(error: [^`]*)`", open("README.md").read(), flags=re.M)
+    assert len(said) >= 5 and set(said) <= {line for _, line in troubles()}

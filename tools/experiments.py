@@ -21,6 +21,7 @@ Usage:
 
 import argparse
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -303,11 +304,18 @@ GRIDS["issues"] = [c for s in (0, 1, 2) for d, noise in ISSUES_SETTINGS
                    for c in cells([d], [noise], ["clear", "lora"], [s], RESULT_DATA)]
 
 
+# The README's quick command, `python train.py --method clear --max_train 2000`, as a cell: its log is the
+# output the README shows (the readme grid's quick-output block, with the path the command itself writes).
+QUICK = Cell("mr", "sym", 0.2, "clear", 0, ["--max_train", "2000"])
+GRIDS["readme"] = [QUICK]
+QUICK_OUT = "runs/mr-clear-lora-sym0.2-s0"  # where the quick command writes (train.py's default --out)
+
+
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
            "precision": "results/precision", "methods": "results/methods", "accuracy": "results/accuracy",
            "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe",
-           "issues": "results/issues"}
+           "issues": "results/issues", "readme": "results/readme"}
 
 
 def status(cell, root):
@@ -376,6 +384,16 @@ def readme_blocks(grid, root, assets, draw=()):
         return accuracy_blocks(grid, root, assets, draw)
     if grid is GRIDS.get("match") or grid is GRIDS.get("loramoe"):
         return fidelity_blocks(grid, root)
+    if grid is GRIDS.get("readme"):
+        log = QUICK.out_dir(root) + ".log"
+        if not os.path.isfile(log):
+            return {}
+        with open(log) as f:
+            text = f.read().replace(QUICK.out_dir(RESULTS["readme"]), QUICK_OUT).rstrip()  # as the log says it
+        with open(os.path.join(QUICK.out_dir(root), "summary.json")) as f:
+            wall = json.load(f)["wall_s"]
+        return {"quick-output": f"```\n$ python train.py --method clear --max_train 2000\n{text}\n```\n\n"
+                                f"(This run: {wall:.0f} s wall time on one CPU thread, in bf16 autocast.)"}
     if grid is GRIDS.get("issues"):
         same = [c for c in GRIDS["methods"] if c in grid]  # the same cells, flagged by P(clean) <= 0.5
         return {"issues-flags": report.flag_table(finished_runs(grid, root),
