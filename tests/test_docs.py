@@ -304,3 +304,9 @@ def test_readme_troubleshooting_lines_are_the_checked_ones():
     """The README's troubleshooting bullets quote lines docs/troubleshooting.md's test produces."""
     said = re.findall(r"^- `(error: [^`]*)`", open("README.md").read(), flags=re.M)
     assert len(said) >= 5 and set(said) <= {line for _, line in troubles()}
+
+
+def test_readme_fits_a_few_screens_with_a_picture_early():
+    lines = open("README.md").read().split("\n")
+    assert len(lines) <= 201  # 200 lines and the final newline
+    assert any(".png)" in line for line in lines[:40])

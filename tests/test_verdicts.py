@@ -42,3 +42,17 @@ def test_moe_groups_average_the_last_epoch_of_typed_runs_only():
             run("lora", "mr", 0.4, 0, 0.6, 0.6, 0.3)]
     text = verdicts.moe_groups_table(runs)
     assert "| mr | 2 | 0.550 | 0.350 | 0.550 | - |" in text  # plain-balance run and LoRA run left out
+
+
+def test_a_control_that_differs_in_one_setting_is_its_own_row():
+    """A control (LoRAMoE with --moe_beta 0) shares its method label with the method; the verdicts split
+    it off by that setting, as report.table's rows do, instead of pooling it with the method's seeds."""
+    def moe(beta, seed, selected):
+        cfg = vars(train.parse_args(["--method", "loramoe", "--moe_types", "clean", "--moe_beta", str(beta),
+                                     "--noise_rate", "0.4", "--seed", str(seed)]))
+        return ({"config": cfg, "selected_test_acc": selected, "last_test_acc": selected, "noisy_memorized": 0.5}, [])
+    runs = [moe(0.1, 0, 0.60), moe(0.1, 1, 0.62), moe(0.0, 0, 0.50), moe(0.0, 1, 0.52)]
+    means = verdicts.setting_means(runs)
+    assert set(m for _, _, m in means) == {"loramoe (types clean)", "loramoe (types clean), moe_beta 0.0"}
+    n, wins, _, diffs = verdicts.compare(means, "loramoe (types clean)", "loramoe (types clean), moe_beta 0.0")
+    assert (n, wins) == (1, 1) and abs(diffs["selected_test_acc"] - 10.0) < 1e-9

@@ -1,7 +1,8 @@
 """
 The fidelity issue's studies as tables: Match-Tuning as published (tau chosen in a pilot, an
 identity-init ablation, a no-mixing control) and LoRAMoE against four controls (constraint off,
-no types, true noisy flags as types, a capacity-matched FFN LoRA), each beside the results
+no types, true noisy flags as types, a capacity-matched FFN LoRA) and with types the text shows
+(--moe_types label, the balance on and off), each beside the results
 grid's plain LoRA / full fine-tuning cells of the same settings. experiments.readme_blocks
 writes them into RESULTS.md (blocks grid:match:* and grid:loramoe:*), so no number is typed by hand.
 
@@ -29,6 +30,7 @@ LORAMOE_COMPARISONS = [
      "perfect types against the detector's"),
     ("loramoe (types clean)", "lora, lora_r 27, lora_targets ffn_in,ffn_out, lr 0.0005",
      "experts against one LoRA of the same size, place and rate"),
+    ("loramoe (types label)", "loramoe (types label), moe_beta 0.0", "visible types: the constraint against none"),
 ]
 MATCH_COLUMNS = ["match_diag@1", "match_diff_label@1", "match_diag", "val_last3", "det_auroc"]
 LORAMOE_COLUMNS = ["moe_typed_gap", "moe_typed_gap_max", "moe_shift", "moe_blind_shift", "moe_typed_noisy"]

@@ -34,10 +34,14 @@ KEYS = ("selected_test_acc", "last_test_acc", "noisy_memorized")
 
 
 def setting_means(runs):
-    """{(dataset, noise, method label): {key: mean over seeds}} of the finished runs."""
-    groups = defaultdict(list)
+    """{(dataset, noise, method label): {key: mean over seeds}} of the finished runs; a label names the
+    settings that tell a row's variants apart exactly as report.table's rows do, so variants (a control
+    with --moe_beta 0, another batch order) are never pooled as seeds."""
+    groups, configs = defaultdict(list), [s["config"] for s, _ in runs]
+    short = report.short_variants(configs, report.variant_keys(configs))
     for summary, _ in runs:
-        groups[report.group_key(summary["config"])].append(summary)
+        cfg = summary["config"]
+        groups[report.group_key(cfg, variant=short[report.group_key(cfg)](cfg))].append(summary)
     return {k: {key: (np.mean([s[key] for s in ss]) if all(s.get(key) is not None for s in ss) else None)
                 for key in KEYS} for k, ss in groups.items()}
 
