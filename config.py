@@ -223,7 +223,7 @@ def finalize(args):
 def resolve_noise(args):
     """Your own data is yours: a file trains on its labels as given unless --noise asks for synthetic noise;
     a packaged dataset (a benchmark) gets sym noise at the default rate. A rate without noise is an error."""
-    own_file = args.dataset not in data.DATASETS
+    own_file = data.is_user_file(args.dataset)
     if args.noise is None:
         args.noise = "none" if own_file or args.noisy_labels else "sym"
     if args.oracle != "none" and args.noise == "none" and not args.noisy_labels:

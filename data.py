@@ -353,6 +353,12 @@ def _mr_r8(test_fraction):
                     mr.notes + [f"r8: {n}" for n in r8.notes] + ["mr+r8: mr's classes 0-1, Reuters acq and earn 2-3"])
 
 
+def is_user_file(name: str) -> bool:
+    """Is --dataset NAME a user's own file rather than a packaged benchmark? (Its labels train as given, and
+    its test rows are the user's too: label_issues.csv ranks them.)"""
+    return name not in DATASETS
+
+
 def load_data(name: str, test_file: str | None = None, max_train: int | None = None,
               seed: int = 0, test_fraction: float = 0.2, max_test: int | None = None) -> TextData:
     """Load a built-in dataset (DATASETS: 'mr', '20ng', 'r8', ...) or a user csv/tsv/jsonl file.

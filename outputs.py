@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import data
 import label_issues
 import noise
-import data
-from calibration import reliability_bins, softmax
+from calibration import reliability_bins
 from checkpoint import write_json
-from mixture import auroc
+from mixture import auroc, per_sample_loss
 
 
 MATRIX_PRINTED_UP_TO = 8  # classes: the noise matrices are printed in the log up to this many (always saved)
@@ -54,8 +54,7 @@ class FinalState:
 
 def held_out_rows(split_name, data_split, observed, logits):
     """label_issues.IssueRows of held-out rows, scored by the kept model's loss on their label."""
-    probs = softmax(logits)
-    loss = -np.log(np.clip(probs[np.arange(len(observed)), observed], 1e-12, None))
+    loss = per_sample_loss(logits, observed)  # (N,), as the training rows' losses are computed
     return label_issues.IssueRows(split_name, data_split.rows, data_split.texts, observed, logits, loss)
 
 

@@ -238,7 +238,7 @@ def held_out_logits(r):
     label_issues.csv ranks beside the training rows (rank 0 alone, so no pass waits for other ranks)."""
     alone, model = replace(r.evaluator, rank=0, world=1), evaluation_model(r.model, r.hooks, r.fold)
     held = {"validation": alone.logits(model, r.split.val.ids)} if len(r.split.val.ids) else {}
-    if r.args.dataset not in data.DATASETS:
+    if data.is_user_file(r.args.dataset):
         held["test"] = alone.logits(model, r.split.test_ids)
     return held
 

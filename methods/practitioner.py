@@ -166,8 +166,8 @@ def pick_c(feats, split, K, cfg):
 
 
 def baseline_metrics(feats, split, ds, C, cfg, seed):
-    """Steps 3-5 -> (the one epoch's metrics, out-of-sample logits (N, K), flags (N,) bool, the refit's test
-    and validation logits)."""
+    """Steps 3-5 -> (the one epoch's metrics, out-of-sample logits (N, K) and losses (N,), flags (N,) bool,
+    the refit's test and validation logits)."""
     observed, true, K = split.train.observed, split.train.true, len(ds.class_names)
     oos = cross_fit(feats.train, observed, K, C, cfg.cl_folds, seed, cfg.cl_max_iter)  # (N, K) logits
     flagged = find_label_issues(softmax(oos), observed, K)
@@ -187,7 +187,7 @@ def baseline_metrics(feats, split, ds, C, cfg, seed):
          "cl_flag_precision": float((~clean)[flagged].mean()) if flagged.any() else None,
          "cl_flag_recall": float(flagged[~clean].mean()) if (~clean).any() else None,
          "cl_c": C, "cl_plain_test_acc": float((logreg_logits(plain, feats.test).argmax(1) == test_labels).mean())}
-    return m, oos, flagged, test_logits, None if feats.val is None else logreg_logits(params, feats.val)
+    return m, oos, oos_loss, flagged, test_logits, None if feats.val is None else logreg_logits(params, feats.val)
 
 
 def run(args):
@@ -208,14 +208,13 @@ def run(args):
     split = make_noisy_split(args, ds, encoder, tokenizer, device, print)
     feats = embed_parts(args, split, encoder, device)
     C, val_accs = pick_c(feats, split, len(ds.class_names), cfg)
-    m, oos, flagged, test_logits, val_logits = baseline_metrics(feats, split, ds, C, cfg, args.seed)
+    m, oos, oos_loss, flagged, test_logits, val_logits = baseline_metrics(feats, split, ds, C, cfg, args.seed)
     m.update(epoch_s=time.time() - t0, train_pass_s=time.time() - t0)
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:
         f.write(json.dumps(m) + "\n")
-    oos_loss = -np.log(np.clip(softmax(oos)[np.arange(len(oos)), split.train.observed], 1e-12, None))
     fit = DetectorFit(oos_loss, oos_loss, np.where(flagged, 0.0, 1.0), None)  # the CL flag has no probability
     held = {} if val_logits is None else {"validation": val_logits}
-    if args.dataset not in data.DATASETS:
+    if data.is_user_file(args.dataset):
         held["test"] = test_logits
     final = outputs.FinalState(EpochPasses(test_logits, oos), fit, oos_loss[None], 0.0, held)  # out-of-sample logits
     issues = outputs.write_run_outputs(args.out, ds, split, final, print)
