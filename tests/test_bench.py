@@ -74,3 +74,27 @@ def test_figures_from_fake_timings():
     assert out["lora_epoch_over_train_pass"] == pytest.approx(1.5)
     bench_report.add_infer(a, "lora", {"unmerged_s": [2.0], "merged_s": [1.0], "max_abs_diff": 1e-7}, out)
     assert out["lora_merge_speedup"] == out["merge_speedup"] == pytest.approx(2.0)
+
+
+def test_speed_tables_are_medians_over_runs_with_their_range(tmp_path):
+    """bench_runs: the median over saved runs (not the first or the last), the lowest and highest run
+    beside it, a target judged on the median, and one clear error for a run cut short."""
+    import doctest
+    import json
+    import bench_runs
+    assert doctest.testmod(bench_runs).failed == 0
+    for i, (tok, vs_hf, epoch) in enumerate([(300.0, 1.2, 1.7), (100.0, 1.8, 1.3), (200.0, 1.6, 1.9)]):
+        figures = {"torch": "x", "device": "cpu", "threads": 2, "batch": 32, "seq": 64, "repeats": 5, "steps": 5,
+                   "matmul_gflops": 100.0, "lora_tok_s": tok, "lora_ms_step": 1000.0, "lora_gflops": 50.0,
+                   "lora_peak_mb": 900.0 + i, "lora_vs_hf": vs_hf, "epoch_over_train_pass": epoch}
+        (tmp_path / f"run{i + 1}.txt").write_text("round 1/5 lora: 1 ms/step\n" + json.dumps(figures) + "\n")
+    made = bench_runs.blocks(str(tmp_path), shown="results/bench")
+    assert made["runs"].startswith("3 runs") and "`results/bench/run*.txt`" in made["runs"]
+    assert "| ours, LoRA, fp32 | 200 | 100-300 | 1000 | 50 | 50% of 100 | 902 |" in made["jobs"]
+    assert "| **1.60x** | 1.20-1.80x | met |" in made["targets"]          # 1.6 >= 1.5 on the median
+    assert "| **1.70x** | 1.30-1.90x | **missed by 0.30** |" in made["targets"]  # 1.7 > 1.4
+    assert "bf16" not in made["jobs"]  # a job no run timed has no row
+    (tmp_path / "run4.txt").write_text("round 1/5 lora: 1 ms/step\n")
+    with pytest.raises(ValueError, match="run4.txt: the last line is not bench.py's JSON"):
+        bench_runs.load_runs(str(tmp_path))
+    assert bench_runs.blocks(str(tmp_path / "none")) == {}

@@ -310,3 +310,26 @@ def test_readme_fits_a_few_screens_with_a_picture_early():
     lines = open("README.md").read().split("\n")
     assert len(lines) <= 201  # 200 lines and the final newline
     assert any(".png)" in line for line in lines[:40])
+
+
+# numbers in the README's prose that are settings or citations, not results
+README_SETTINGS = {"1000", "2000", "20", "40", "64"}
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?![\w])")
+
+
+def test_every_figure_in_the_readme_prose_is_a_generated_one():
+    """A number written into the README's prose (not a marked block, code or the Methods table's paper
+    years) must appear in some generated block of README.md, RESULTS.md or docs/speed.md, or be a grid's
+    cell count - so a regenerated grid that moves a figure fails here until the prose follows."""
+    import experiments
+    generated = set()
+    for doc in ("README.md", "RESULTS.md", os.path.join("docs", "speed.md")):
+        blocks = experiments.marked_blocks(open(doc).read())
+        generated |= {n.lstrip("+-").replace(",", "") for body in blocks.values() for n in NUMBER.findall(body)}
+    generated |= {str(len(experiments.GRIDS[name])) for name in ("methods", "accuracy")}
+    prose = experiments.MARKED_BLOCK.sub("", open("README.md").read())
+    prose = re.sub(r"```.*?```", "", prose, flags=re.S)
+    lines = [line for line in prose.splitlines() if " et al." not in line and "Kim, Kim, Lee" not in line]
+    stray = [(n, line[:60]) for line in lines for n in NUMBER.findall(line)
+             if n.lstrip("+-").replace(",", "") not in generated | README_SETTINGS]
+    assert stray == []

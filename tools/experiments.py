@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, one folder up
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 import accuracy  # noqa: E402
+import bench_runs  # noqa: E402
 import fidelity  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
@@ -308,6 +309,9 @@ GRIDS["issues"] = [c for s in (0, 1, 2) for d, noise in ISSUES_SETTINGS
 # output the README shows (the readme grid's quick-output block, with the path the command itself writes).
 QUICK = Cell("mr", "sym", 0.2, "clear", 0, ["--max_train", "2000"])
 GRIDS["readme"] = [QUICK]
+
+# the speed tables of docs/speed.md: no training cells - several saved tools/bench.py outputs (bench_runs.py)
+GRIDS["bench"] = []
 QUICK_OUT = "runs/mr-clear-lora-sym0.2-s0"  # where the quick command writes (train.py's default --out)
 
 
@@ -315,7 +319,7 @@ QUICK_OUT = "runs/mr-clear-lora-sym0.2-s0"  # where the quick command writes (tr
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
            "precision": "results/precision", "methods": "results/methods", "accuracy": "results/accuracy",
            "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe",
-           "issues": "results/issues", "readme": "results/readme"}
+           "issues": "results/issues", "readme": "results/readme", "bench": "results/bench"}
 
 
 def status(cell, root):
@@ -384,6 +388,8 @@ def readme_blocks(grid, root, assets, draw=()):
         return accuracy_blocks(grid, root, assets, draw)
     if grid is GRIDS.get("match") or grid is GRIDS.get("loramoe"):
         return fidelity_blocks(grid, root)
+    if grid is GRIDS.get("bench"):
+        return bench_runs.blocks(root, shown=RESULTS["bench"])
     if grid is GRIDS.get("readme"):
         log = QUICK.out_dir(root) + ".log"
         if not os.path.isfile(log):
@@ -396,8 +402,13 @@ def readme_blocks(grid, root, assets, draw=()):
                                 f"(This run: {wall:.0f} s wall time on one CPU thread, in bf16 autocast.)"}
     if grid is GRIDS.get("issues"):
         same = [c for c in GRIDS["methods"] if c in grid]  # the same cells, flagged by P(clean) <= 0.5
+        matrices = []  # (summary, noise_matrix.json) of each finished cell: the two rate estimates
+        for d in [c.out_dir(root) for c in grid if status(c, root) == "done"]:
+            with open(os.path.join(d, "summary.json")) as f, open(os.path.join(d, "noise_matrix.json")) as g:
+                matrices.append((json.load(f), json.load(g)))
         return {"issues-flags": report.flag_table(finished_runs(grid, root),
-                                                  finished_runs(same, os.path.join(ROOT, RESULTS["methods"])))}
+                                                  finished_runs(same, os.path.join(ROOT, RESULTS["methods"]))),
+                "issues-rates": report.rate_table(matrices)}
     if grid is GRIDS.get("scale"):
         path = os.path.join(assets, "scale_curves.png")
         return scale.scale_blocks(finished_runs(grid, root) + scale_reused_runs(), path, draw="scale-curves" in draw)
@@ -409,6 +420,7 @@ def readme_blocks(grid, root, assets, draw=()):
         blocks["verdicts"] = verdicts.table(everything)
         blocks["verdicts-all"] = verdicts.table(everything, overall_only=True)
         blocks["moe-groups"] = verdicts.moe_groups_table(everything)
+        blocks["cost"] = report.cost_table(everything)
     sweep_cells = [c for c in grid if not c.method.startswith(("clear", "match", "loramoe"))]
     capacity = finished_runs(sweep_cells, root)
     if grid is GRIDS.get("lr-capacity") and capacity:  # claim 1: memorisation against fit, PEFT vs full
@@ -500,7 +512,8 @@ def accuracy_blocks(grid, root, assets, draw=()):
         return {}
     pilot = finished_runs([c for c in grid if c.method.startswith("far-") and c.seed == 0
                            and (c.dataset, (c.noise, c.rate)) in PILOT_SETTINGS], root)
-    blocks = {"accuracy-verdicts": accuracy.verdicts_table(runs), "accuracy-targets": accuracy.targets_table(runs)}
+    blocks = {"accuracy-verdicts": accuracy.verdicts_table(runs), "accuracy-targets": accuracy.targets_table(runs),
+              "accuracy-cost": report.cost_table(runs)}
     if pilot:
         blocks["accuracy-pilot"] = accuracy.pilot_table(pilot)
     for dataset in ACCURACY_NOISE:

@@ -171,6 +171,40 @@ def flag_table(runs, earlier):
     return markdown_table(head, rows)
 
 
+def cost_table(runs):
+    """Markdown: per method, how many cells ran and their median wall seconds with the quartiles - what
+    a cell costs (only comparable within one grid: its cells ran under the same load)."""
+    walls = defaultdict(list)
+    for summary, _ in runs:
+        if summary.get("wall_s") is not None:
+            walls[methods.label(summary["config"])].append(summary["wall_s"])
+    rows = [[m, str(len(w)), f"{np.median(w):.0f}", f"{np.percentile(w, 25):.0f}-{np.percentile(w, 75):.0f}"]
+            for m, w in sorted(walls.items())]
+    return markdown_table(["method", "cells", "median wall s", "quartiles"], rows)
+
+
+def rate_table(runs):
+    """Two estimates of the noise rate against the realised one, per (dataset, noise, method), from
+    [(summary, noise_matrix.json)] of finished runs: the loss mixture's mean P(noisy) (what the flag uses)
+    and the off-diagonal share of the final model's confident joint; the last row is each estimate's
+    mean absolute error in points over every run."""
+    groups, errors = defaultdict(list), {"mixture": [], "joint": []}
+    for summary, matrix in runs:
+        joint = np.asarray(matrix["estimated_true_x_observed"], dtype=np.float64)
+        joint_rate = 1.0 - np.trace(joint) / max(joint.sum(), 1.0)
+        real, mix = summary["realized_noise_rate"], summary["issues_estimated_rate"]
+        groups[group_key(summary["config"])].append((real, mix, joint_rate))
+        errors["mixture"].append(abs(mix - real))
+        errors["joint"].append(abs(joint_rate - real))
+    rows = [[*key, str(len(v)), fmt([r for r, _, _ in v]), fmt([m for _, m, _ in v]), fmt([j for _, _, j in v])]
+            for key, v in sorted(groups.items())]
+    if rows:
+        rows.append(["all", "", "mean abs. error", str(len(errors["joint"])), "",
+                     fmt([float(np.mean(errors["mixture"]))]), fmt([float(np.mean(errors["joint"]))])])
+    head = ["dataset", "noise", "method", "runs", "realised noise", "mixture: mean P(noisy)", "confident joint"]
+    return markdown_table(head, rows)
+
+
 def pyplot():
     """matplotlib.pyplot without a display; matplotlib is optional, so say how to get it."""
     try:
