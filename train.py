@@ -179,8 +179,9 @@ def train_epoch(r, epoch):
     r.progress.sample_losses.append(fit.loss)
     r.progress.next_epoch = epoch + 1
     mem = "" if m["noisy_memorized"] is None else f", noisy memorised {m['noisy_memorized']:.3f}"
+    fit_name = "train clean acc" if mem else "train acc (labels as given)"  # no injected noise: no truth to score
     r.log(f"epoch {epoch + 1}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.4f}, "
-          f"train clean acc {m['train_clean_acc']:.4f}{mem}")
+          f"{fit_name} {m['train_clean_acc']:.4f}{mem}")
     if r.rank == 0:
         write_metrics(args.out, [m], "a")
         if args.keep == "selected" and selected_epoch(r.progress.history, r.hooks.stage_starts()) == epoch:

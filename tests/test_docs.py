@@ -274,7 +274,7 @@ def readme_block_after(heading):
     return [shlex.split(re.sub(r"\s#.*", "", line)) for line in block.strip().split("\n")]
 
 
-def test_your_own_data_walkthrough_runs_as_written(tmp_path, monkeypatch, tiny_model_dir):
+def test_your_own_data_walkthrough_runs_as_written(tmp_path, monkeypatch, tiny_model_dir, capsys):
     """A newcomer with a CSV of their own, the README's "Your own data" commands alone (the tiny model and
     one short epoch for speed): a trained run, label_issues.csv over every row of the file, predictions of
     new texts, and a Hugging Face export."""
@@ -294,6 +294,9 @@ def test_your_own_data_walkthrough_runs_as_written(tmp_path, monkeypatch, tiny_m
             train.main(argv + (fast if "--eval_only" not in argv else []))
         else:
             predict.main(argv)
+    log = capsys.readouterr().out
+    assert "noise: none - training on the labels as given" in log
+    assert "train acc (labels as given)" in log and "train clean acc" not in log  # no truth to call clean
     rows = list(csv.DictReader(open("runs/mine/label_issues.csv")))
     assert len(rows) == 60 and {r["split"] for r in rows} == {"train", "validation", "test"}
     assert len(list(csv.DictReader(open("predictions.csv")))) == 2

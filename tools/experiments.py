@@ -322,6 +322,14 @@ RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-tes
            "issues": "results/issues", "readme": "results/readme", "bench": "results/bench"}
 
 
+def read_json(path):
+    """The parsed file, or None when it does not exist."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def status(cell, root):
     d = cell.out_dir(root)
     if os.path.isfile(os.path.join(d, "summary.json")):
@@ -402,10 +410,16 @@ def readme_blocks(grid, root, assets, draw=()):
                                 f"(This run: {wall:.0f} s wall time on one CPU thread, in bf16 autocast.)"}
     if grid is GRIDS.get("issues"):
         same = [c for c in GRIDS["methods"] if c in grid]  # the same cells, flagged by P(clean) <= 0.5
-        matrices = []  # (summary, noise_matrix.json) of each finished cell: the two rate estimates
-        for d in [c.out_dir(root) for c in grid if status(c, root) == "done"]:
-            with open(os.path.join(d, "summary.json")) as f, open(os.path.join(d, "noise_matrix.json")) as g:
-                matrices.append((json.load(f), json.load(g)))
+        matrices = []  # (summary, noise_matrix.json, the practitioner's of the same draw) of each finished cell
+        accuracy_root = os.path.join(ROOT, RESULTS["accuracy"])
+        for c in [c for c in grid if status(c, root) == "done"]:
+            held_out = Cell(c.dataset, c.noise, c.rate, "practitioner", c.seed).out_dir(accuracy_root)
+            got = [read_json(os.path.join(d, name)) for d, name in
+                   [(c.out_dir(root), "summary.json"), (c.out_dir(root), "noise_matrix.json"),
+                    (held_out, "noise_matrix.json")]]
+            if got[2] and got[2]["realised_true_x_observed"] != got[1]["realised_true_x_observed"]:
+                got[2] = None  # not the same noise draw
+            matrices.append(tuple(got))
         return {"issues-flags": report.flag_table(finished_runs(grid, root),
                                                   finished_runs(same, os.path.join(ROOT, RESULTS["methods"]))),
                 "issues-rates": report.rate_table(matrices)}

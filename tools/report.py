@@ -183,25 +183,36 @@ def cost_table(runs):
     return markdown_table(["method", "cells", "median wall s", "quartiles"], rows)
 
 
+def joint_rate(matrix):
+    """The off-diagonal share of a noise_matrix.json's estimated counts."""
+    joint = np.asarray(matrix["estimated_true_x_observed"], dtype=np.float64)
+    return 1.0 - np.trace(joint) / max(joint.sum(), 1.0)
+
+
 def rate_table(runs):
-    """Two estimates of the noise rate against the realised one, per (dataset, noise, method), from
-    [(summary, noise_matrix.json)] of finished runs: the loss mixture's mean P(noisy) (what the flag uses)
-    and the off-diagonal share of the final model's confident joint; the last row is each estimate's
-    mean absolute error in points over every run."""
-    groups, errors = defaultdict(list), {"mixture": [], "joint": []}
-    for summary, matrix in runs:
-        joint = np.asarray(matrix["estimated_true_x_observed"], dtype=np.float64)
-        joint_rate = 1.0 - np.trace(joint) / max(joint.sum(), 1.0)
-        real, mix = summary["realized_noise_rate"], summary["issues_estimated_rate"]
-        groups[group_key(summary["config"])].append((real, mix, joint_rate))
-        errors["mixture"].append(abs(mix - real))
-        errors["joint"].append(abs(joint_rate - real))
-    rows = [[*key, str(len(v)), fmt([r for r, _, _ in v]), fmt([m for _, m, _ in v]), fmt([j for _, _, j in v])]
+    """Three estimates of the noise rate against the realised one, per (dataset, noise, method), from
+    [(summary, noise_matrix.json, the practitioner's noise_matrix.json of the same noise draw or None)]:
+    the loss mixture's mean P(noisy) (what the flag uses), the off-diagonal share of the final model's
+    confident joint (its own training-set predictions) and of the practitioner's (out-of-sample
+    probabilities of a regression on frozen embeddings); the last row is each one's mean absolute error
+    in points over the runs that have it."""
+    groups, errors = defaultdict(list), defaultdict(list)
+    for summary, matrix, held_out in runs:
+        real = summary["realized_noise_rate"]
+        got = {"mixture": summary["issues_estimated_rate"], "joint": joint_rate(matrix),
+               "held_out": joint_rate(held_out) if held_out else None}
+        groups[group_key(summary["config"])].append((real, got))
+        for k, v in got.items():
+            if v is not None:
+                errors[k].append(abs(v - real))
+    names = ("mixture", "joint", "held_out")
+    rows = [[*key, str(len(v)), fmt([r for r, _ in v]), *(fmt([g[k] for _, g in v]) for k in names)]
             for key, v in sorted(groups.items())]
     if rows:
-        rows.append(["all", "", "mean abs. error", str(len(errors["joint"])), "",
-                     fmt([float(np.mean(errors["mixture"]))]), fmt([float(np.mean(errors["joint"]))])])
-    head = ["dataset", "noise", "method", "runs", "realised noise", "mixture: mean P(noisy)", "confident joint"]
+        rows.append(["all", "", "mean abs. error", str(len(runs)), "",
+                     *(fmt([float(np.mean(errors[k]))] if errors[k] else []) for k in names)])
+    head = ["dataset", "noise", "method", "runs", "realised noise", "mixture: mean P(noisy)",
+            "confident joint (own predictions)", "confident joint (practitioner, out-of-sample)"]
     return markdown_table(head, rows)
 
 
