@@ -42,19 +42,24 @@ def cost_exponent(sizes, seconds):
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
 
 
+def advantage(runs, lora_runs):
+    """Mean selected-accuracy gain over LoRA in points on the seeds both ran, or None when they share none."""
+    lora = {s["config"]["seed"]: s["selected_test_acc"] for s, _ in lora_runs}
+    gains = [s["selected_test_acc"] - lora[s["config"]["seed"]] for s, _ in runs if s["config"]["seed"] in lora]
+    return 100 * float(np.mean(gains)) if gains else None
+
+
 def scale_table(runs):
     """One row per (dataset, noise, method, N): seeds, the MEASURES, the advantage over LoRA at that N
-    (selected accuracy, points), the training pass per epoch and per example."""
+    (selected accuracy, points, on the seeds both ran), the training pass per epoch and per example."""
     curves, rows = by_curve(runs), []
     for (dataset, noise_name, method), points in sorted(curves.items()):
         lora = curves.get((dataset, noise_name, "lora"), {})
         for n, rs in sorted(points.items()):
             summaries = [s for s, _ in rs]
             sec = [pass_seconds(m) for _, m in rs]
-            vs = "-"
-            if method != "lora" and n in lora:
-                base = np.mean([s["selected_test_acc"] for s, _ in lora[n]])
-                vs = f"{100 * (np.mean([s['selected_test_acc'] for s in summaries]) - base):+.1f}"
+            gain = advantage(rs, lora.get(n, [])) if method != "lora" else None
+            vs = "-" if gain is None else f"{gain:+.1f}"
             rows.append([dataset, noise_name, method, f"{n:,}", str(len(rs))]
                         + [report.fmt([s.get(k) for s in summaries], **({} if k != "det_auroc" else
                                                                           {"scale": 1.0, "digits": 3}))
@@ -62,6 +67,33 @@ def scale_table(runs):
                         + [vs, f"{np.median(sec):.0f}", f"{1000 * np.median(sec) / n:.1f}"])
     head = ["dataset", "noise", "method", "N train", "seeds", *(name for _, name in MEASURES), "selected vs LoRA",
             "train pass s/epoch", "ms/example"]
+    return report.markdown_table(head, rows)
+
+
+def mean_of(runs, key, scale=100.0):
+    values = [s[key] for s, _ in runs if s.get(key) is not None]
+    return scale * float(np.mean(values)) if values else float("nan")
+
+
+def verdicts_table(runs):
+    """Per (dataset, noise, method), the claims against N: the advantage over LoRA at the smallest and the
+    largest N (on shared seeds) and at how many sizes it is above LoRA; the memorised share and the
+    detector's AUROC at the smallest and the largest N (seed means)."""
+    curves, rows = by_curve(runs), []
+    for (dataset, noise_name, method), points in sorted(curves.items()):
+        sizes, lora = sorted(points), curves.get((dataset, noise_name, "lora"), {})
+        lo, hi = points[sizes[0]], points[sizes[-1]]
+        gains = [advantage(points[n], lora.get(n, [])) for n in sizes] if method != "lora" else []
+        shown = [g for g in gains if g is not None]
+        seeds = f"{min(len(points[n]) for n in sizes)}-{max(len(points[n]) for n in sizes)}"
+        rows.append([dataset, noise_name, method, f"{sizes[0]:,} -> {sizes[-1]:,}", seeds,
+                     "-" if not gains or gains[0] is None else f"{gains[0]:+.1f}",
+                     "-" if not gains or gains[-1] is None else f"{gains[-1]:+.1f}",
+                     f"{sum(g > 0 for g in shown)} of {len(shown)}" if shown else "-",
+                     f"{mean_of(lo, 'noisy_memorized'):.1f} -> {mean_of(hi, 'noisy_memorized'):.1f}",
+                     f"{mean_of(lo, 'det_auroc', 1.0):.3f} -> {mean_of(hi, 'det_auroc', 1.0):.3f}"])
+    head = ["dataset", "noise", "method", "N", "seeds per N", "vs LoRA, smallest N", "vs LoRA, largest N",
+            "sizes above LoRA", "memorised", "det AUROC"]
     return report.markdown_table(head, rows)
 
 
@@ -106,10 +138,10 @@ def plot_scale(runs, path):
 
 
 def scale_blocks(runs, path, draw=False):
-    """{"scale-table", "scale-cost", "scale-curves"} of the scale study's runs (+ the reused cells)."""
+    """{"scale-table", "scale-verdicts", "scale-cost", "scale-curves"} of the scale study's runs (+ the reused cells)."""
     if not runs:
         return {}
     if draw:
         plot_scale(runs, path)
-    return {"scale-table": scale_table(runs), "scale-cost": cost_table(runs),
+    return {"scale-table": scale_table(runs), "scale-verdicts": verdicts_table(runs), "scale-cost": cost_table(runs),
             "scale-curves": f"![selected accuracy, memorised share and detector AUROC against training examples]({path})"}

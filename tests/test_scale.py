@@ -1,0 +1,32 @@
+"""tools/scale.py: the scale study's advantage over LoRA pairs seeds, its verdicts read the ends of each
+curve, and the cost exponent is the log-log slope."""
+
+import train
+import scale
+
+
+def run(method, n, seed, selected, memorised, auroc, pass_s=10.0):
+    cfg = vars(train.parse_args(["--method", method, "--dataset", "20ng", "--noise_rate", "0.4",
+                                 "--seed", str(seed)]))
+    summary = {"config": cfg, "num_train": n, "selected_test_acc": selected, "last_test_acc": selected,
+               "noisy_memorized": memorised, "det_auroc": auroc}
+    return summary, [{"train_pass_s": pass_s * n / 1000}]
+
+
+def test_advantage_over_lora_uses_the_seeds_both_ran():
+    lora = [run("lora", 1000, s, acc, 0.1, 0.9) for s, acc in ((0, 0.60), (1, 0.70), (2, 0.80))]
+    gce = [run("gce", 1000, 0, 0.65, 0.1, 0.9)]
+    assert abs(scale.advantage(gce, lora) - 5.0) < 1e-9  # against seed 0's 60, not the 70 of all three
+    assert scale.advantage(gce, []) is None
+
+
+def test_verdicts_read_the_smallest_and_the_largest_size():
+    runs = [run("lora", 1000, 0, 0.60, 0.20, 0.90), run("lora", 9000, 0, 0.70, 0.05, 0.95),
+            run("lora", 3000, 0, 0.65, 0.10, 0.93),
+            run("gce", 1000, 0, 0.63, 0.10, 0.92), run("gce", 3000, 0, 0.64, 0.08, 0.90),
+            run("gce", 9000, 0, 0.72, 0.04, 0.85)]
+    text = scale.verdicts_table(runs)
+    assert "| 20ng | sym 0.4 | gce (lora) | 1,000 -> 9,000 | 1-1 | +3.0 | +2.0 | 2 of 3 | 10.0 -> 4.0 | 0.920 -> 0.850 |" in text
+    assert "| 20ng | sym 0.4 | lora | 1,000 -> 9,000 | 1-1 | - | - | - | 20.0 -> 5.0 | 0.900 -> 0.950 |" in text
+    assert abs(scale.cost_exponent([1000, 3000, 9000], [1.0, 3.0, 9.0]) - 1.0) < 1e-9
+    assert abs(scale.cost_exponent([1000, 4000], [1.0, 2.0]) - 0.5) < 1e-9
