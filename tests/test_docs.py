@@ -324,13 +324,14 @@ def test_every_figure_in_the_readme_prose_is_a_generated_one():
     """A number written into the README's prose (not a marked block, code or the Methods table's paper
     years) must appear in some generated block of README.md, RESULTS.md or docs/speed.md, or be a grid's
     cell count - so a regenerated grid that moves a figure fails here until the prose follows."""
-    import experiments
+    import blocks
+    import grids
     generated = set()
     for doc in ("README.md", "RESULTS.md", os.path.join("docs", "speed.md")):
-        blocks = experiments.marked_blocks(open(doc).read())
-        generated |= {n.lstrip("+-").replace(",", "") for body in blocks.values() for n in NUMBER.findall(body)}
-    generated |= {str(len(experiments.GRIDS[name])) for name in ("methods", "accuracy")}
-    prose = experiments.MARKED_BLOCK.sub("", open("README.md").read())
+        bodies = blocks.marked_blocks(open(doc).read()).values()
+        generated |= {n.lstrip("+-").replace(",", "") for body in bodies for n in NUMBER.findall(body)}
+    generated |= {str(len(grids.GRIDS[name])) for name in ("methods", "accuracy")}
+    prose = blocks.MARKED_BLOCK.sub("", open("README.md").read())
     prose = re.sub(r"```.*?```", "", prose, flags=re.S)
     lines = [line for line in prose.splitlines() if " et al." not in line and "Kim, Kim, Lee" not in line]
     stray = [(n, line[:60]) for line in lines for n in NUMBER.findall(line)

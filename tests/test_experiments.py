@@ -4,7 +4,8 @@ and rewrites only the README text between its marker comments."""
 import os
 
 import experiments
-from experiments import Cell
+import grids
+from grids import Cell
 
 
 def test_grid_runs_skips_and_resumes(tiny_model_dir, tiny_dataset, tmp_path, capsys):
@@ -43,7 +44,7 @@ def test_readme_blocks_equal_what_the_committed_results_give(tmp_path):
     check sees a changed digit."""
     stored = []
     for name in ("README.md", "RESULTS.md", os.path.join("docs", "speed.md")):
-        doc = os.path.join(experiments.ROOT, name)
+        doc = os.path.join(grids.ROOT, name)
         assert experiments.check_readme(doc) == [], name
         text = open(doc).read()
         stored += [(text, k) for k in experiments.marked_blocks(text) if k[0] in experiments.RESULTS]
@@ -60,7 +61,7 @@ def test_write_readme_draws_only_the_pictures_a_document_marks(monkeypatch, tmp_
     """--write_readme draws a grid's pictures only where some document shows them (no stray PNGs)."""
     drawn = []
     monkeypatch.setattr(experiments.report, "plot_memorisation", lambda runs, path: drawn.append(path))
-    grid, root = experiments.GRIDS["methods"], os.path.join(experiments.ROOT, experiments.RESULTS["methods"])
+    grid, root = experiments.GRIDS["methods"], os.path.join(grids.ROOT, experiments.RESULTS["methods"])
     blocks = experiments.readme_blocks(grid, root, str(tmp_path), draw={"memorisation-mr"})
     assert drawn == [os.path.join(str(tmp_path), "results_memorisation_mr.png")]
     assert {"memorisation-20ng", "memorisation-r8"} <= set(blocks)  # the markdown of every block, drawn or not
@@ -74,10 +75,10 @@ def test_committed_results_hold_no_machine_path():
     import re
     absolute = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users|mnt|data)/")
     found = []
-    for folder, _, files in os.walk(os.path.join(experiments.ROOT, "results")):
+    for folder, _, files in os.walk(os.path.join(grids.ROOT, "results")):
         for name in files:
             path = os.path.join(folder, name)
             with open(path, encoding="utf-8", errors="replace") as f:
                 if absolute.search(f.read()):
-                    found.append(os.path.relpath(path, experiments.ROOT))
+                    found.append(os.path.relpath(path, grids.ROOT))
     assert not found, found[:5]

@@ -7,7 +7,7 @@ Rows are grouped by setting (report.group_key: dataset, noise, method label); tw
 on the seeds both ran, averaged within the setting first, so every setting counts once and a grid
 still running compares like with like. The gap a method recovers is (A - LoRA) / (noise-free - LoRA) on
 validation-selected test accuracy; where noise-free is less than one point above LoRA there is no
-gap to speak of, and the share is left out. experiments.readme_blocks writes these tables into
+gap to speak of, and the share is left out. blocks.readme_blocks writes these tables into
 RESULTS.md and the README (blocks grid:accuracy:*), so no number here is typed by hand.
 
 Usage:

@@ -3,7 +3,7 @@ The fidelity issue's studies as tables: Match-Tuning as published (tau chosen in
 identity-init ablation, a no-mixing control) and LoRAMoE against four controls (constraint off,
 no types, true noisy flags as types, a capacity-matched FFN LoRA) and with types the text shows
 (--moe_types label, the balance on and off), each beside the results
-grid's plain LoRA / full fine-tuning cells of the same settings. experiments.readme_blocks
+grid's plain LoRA / full fine-tuning cells of the same settings. blocks.readme_blocks
 writes them into RESULTS.md (blocks grid:match:* and grid:loramoe:*), so no number is typed by hand.
 
 Usage:

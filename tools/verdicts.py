@@ -4,7 +4,7 @@ every (dataset, noise) setting both ran - how often A's validation-selected test
 higher and how often A memorises fewer of the wrong labels, and the mean differences (A - B,
 in points) of selected accuracy, last-epoch accuracy and memorised share, per dataset and over
 all settings. Seeds are averaged within a setting
-first, so every setting counts once. experiments.readme_blocks writes the table into
+first, so every setting counts once. blocks.readme_blocks writes the table into
 RESULTS.md (block `verdicts`), so no verdict's number is typed by hand.
 
 Usage:
