@@ -30,3 +30,13 @@ def test_verdicts_read_the_smallest_and_the_largest_size():
     assert "| 20ng | sym 0.4 | lora | 1,000 -> 9,000 | 1-1 | - | - | - | 20.0 -> 5.0 | 0.900 -> 0.950 |" in text
     assert abs(scale.cost_exponent([1000, 3000, 9000], [1.0, 3.0, 9.0]) - 1.0) < 1e-9
     assert abs(scale.cost_exponent([1000, 4000], [1.0, 2.0]) - 0.5) < 1e-9
+
+
+def test_the_paper_budget_grid_is_the_scale_grid_at_128_tokens_and_8_epochs():
+    import grids
+    cpu, paper = grids.GRIDS["scale"], grids.GRIDS["scale-paper"]
+    assert [(c.dataset, c.method, c.seed, c.size) for c in cpu] == [(c.dataset, c.method, c.seed, c.size) for c in paper]
+    for c in paper:
+        cmd = " ".join(c.command("runs/scale-paper", "cuda"))
+        assert "--max_len 128 --epochs 8" in cmd and "--max_test" not in cmd and "--device cuda" in cmd
+    assert all("--max_len 64" in " ".join(c.command("r", "cpu")) for c in cpu)

@@ -199,19 +199,23 @@ SCALE_SIZES = {"20ng": (2000, 5000, None), "mr": (1000, 5000, None)}  # None: th
 SCALE_NOISE = {"20ng": ("sym", 0.4), "mr": ("sym", 0.2)}
 
 
-def scale_cells():
-    """Seed-major, then size ascending, so a partial run holds whole curves for the first seeds."""
+def scale_cells(budget=("--max_test", "500", "--max_len", "64")):
+    """Seed-major, then size ascending, so a partial run holds whole curves for the first seeds; `budget`:
+    the train.py arguments every cell adds (test examples, tokens, epochs)."""
     out = []
     for s in (0, 1, 2):
         for d in ("20ng", "mr"):
             for n in SCALE_SIZES[d]:
                 size = ["--max_train", str(n)] if n else []
-                out += [Cell(d, *SCALE_NOISE[d], m, s, size + ["--max_test", "500", "--max_len", "64"],
-                             size=f"n{n}" if n else "nall") for m in SCALE_METHODS]
+                out += [Cell(d, *SCALE_NOISE[d], m, s, size + list(budget), size=f"n{n}" if n else "nall")
+                        for m in SCALE_METHODS]
     return out
 
 
 GRIDS["scale"] = scale_cells()
+# the same study at the CleaR paper's budget - 128 tokens, 8 epochs, the whole test split: a single-GPU job
+# (`--grid scale-paper --device cuda`), not yet run on a GPU
+GRIDS["scale-paper"] = scale_cells(budget=("--max_len", "128", "--epochs", "8"))
 # The Match-Tuning grid (fidelity issue): the method as published - a fresh dense layer N(0, 0.02) before the
 # in-batch matching - on LoRA and on full fine-tuning (the paper's setting, full fine-tuning's learning rate),
 # 20ng and mr at sym 0.4, the methods grid's budget. First a pilot on seed 0: tau over a range whose epoch-1
