@@ -82,7 +82,8 @@ def test_speed_tables_are_medians_over_runs_with_their_range(tmp_path):
     import doctest
     import json
     import bench_runs
-    assert doctest.testmod(bench_runs).failed == 0
+    import tables
+    assert doctest.testmod(bench_runs).failed == 0 and doctest.testmod(tables).failed == 0
     for i, (tok, vs_hf, epoch) in enumerate([(300.0, 1.2, 1.7), (100.0, 1.8, 1.3), (200.0, 1.6, 1.9)]):
         figures = {"torch": "x", "device": "cpu", "threads": 2, "batch": 32, "seq": 64, "repeats": 5, "steps": 5,
                    "matmul_gflops": 100.0, "lora_tok_s": tok, "lora_ms_step": 1000.0, "lora_gflops": 50.0,

@@ -21,6 +21,8 @@ import json
 import os
 import statistics
 
+from tables import markdown_table
+
 # (job key in bench_report's figures, what the table calls it); fp32 then bf16 autocast
 JOBS = [("lora", "ours, LoRA"), ("full", "ours, full fine-tuning"), ("clear", "ours, CleaR (LoRA)"),
         ("hf_lora", "transformers + peft, LoRA"), ("hf_full", "transformers, full")]
@@ -58,8 +60,7 @@ def over_runs(runs, key):
 def jobs_table(runs):
     """Markdown: per job and precision, tokens/s (median of the runs' medians, lowest-highest run), the
     median ms/step, GFLOP/s and share of its precision's matmul roof, and the highest peak memory."""
-    head = ("| job | tok/s | lowest-highest run | ms/step | GFLOP/s | of its roof | peak MB |\n"
-            "|---|---|---|---|---|---|---|")
+    head = ["job", "tok/s", "lowest-highest run", "ms/step", "GFLOP/s", "of its roof", "peak MB"]
     rows = []
     for suffix, precision in (("", "fp32"), ("_bf16", "bf16")):
         roof = over_runs(runs, "matmul_bf16_gflops" if suffix else "matmul_gflops")
@@ -70,15 +71,15 @@ def jobs_table(runs):
             ms, gflops = over_runs(runs, f"{job}{suffix}_ms_step")[0], over_runs(runs, f"{job}{suffix}_gflops")[0]
             peak = over_runs(runs, f"{job}{suffix}_peak_mb")[2]
             share = f"{100 * gflops / roof[0]:.0f}% of {roof[0]:.0f}" if roof else "-"
-            rows.append(f"| {name}, {precision} | {tok[0]:,.0f} | {tok[1]:,.0f}-{tok[2]:,.0f} | {ms:.0f} "
-                        f"| {gflops:.0f} | {share} | {peak:,.0f} |")
-    return "\n".join([head] + rows)
+            rows.append([f"{name}, {precision}", f"{tok[0]:,.0f}", f"{tok[1]:,.0f}-{tok[2]:,.0f}", f"{ms:.0f}",
+                         f"{gflops:.0f}", share, f"{peak:,.0f}"])
+    return markdown_table(head, rows)
 
 
 def targets_table(runs):
     """Markdown: each target's figure as the median over runs, the lowest and highest run, and whether the
     median meets it (by how much it misses when not)."""
-    head = "| target | median of runs | lowest-highest run | |\n|---|---|---|---|"
+    head = ["target", "median of runs", "lowest-highest run", "verdict"]
     rows = []
     for key, what, target, at_least in TARGETS:
         got = over_runs(runs, key)
@@ -86,13 +87,13 @@ def targets_table(runs):
             continue
         med, lo, hi = got
         if target is None:
-            rows.append(f"| {what} | **{med:.2f}x** | {lo:.2f}-{hi:.2f}x | - |")
+            rows.append([what, f"**{med:.2f}x**", f"{lo:.2f}-{hi:.2f}x", "-"])
             continue
         met = med >= target if at_least else med <= target
         verdict = "met" if met else f"**missed by {abs(med - target):.2f}**"
         sign = ">=" if at_least else "<="
-        rows.append(f"| {what} {sign} {target:g}x | **{med:.2f}x** | {lo:.2f}-{hi:.2f}x | {verdict} |")
-    return "\n".join([head] + rows)
+        rows.append([f"{what} {sign} {target:g}x", f"**{med:.2f}x**", f"{lo:.2f}-{hi:.2f}x", verdict])
+    return markdown_table(head, rows)
 
 
 def blocks(directory, shown=None):

@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, one folder up
 import methods  # noqa: E402
 from mixture import fit_gmm  # noqa: E402
+from tables import markdown_table  # noqa: E402,F401  (re-exported: report.markdown_table)
 
 
 def load_runs(dirs):
@@ -109,12 +110,6 @@ def fmt(values, scale=100.0, digits=1):
 
 COUNT_COLUMNS = ("samples_per_s", "wall_s")  # extra columns shown as whole numbers
 POINT_COLUMNS = ("memorised_rise",)  # extra columns shown in points, like the accuracies
-
-
-def markdown_table(head, rows):
-    """A markdown table: the header, its separator, then one line per row (each a list of cell strings)."""
-    line = lambda cells: "| " + " | ".join(cells) + " |"
-    return "\n".join([line(head), "|" + "---|" * len(head), *map(line, rows)])
 
 
 def table(runs, extra_columns=(), by_lr=False):
