@@ -9,7 +9,7 @@ def run(method, n, seed, selected, memorised, auroc, pass_s=10.0):
     cfg = vars(train.parse_args(["--method", method, "--dataset", "20ng", "--noise_rate", "0.4",
                                  "--seed", str(seed)]))
     summary = {"config": cfg, "num_train": n, "selected_test_acc": selected, "last_test_acc": selected,
-               "noisy_memorized": memorised, "det_auroc": auroc}
+               "noisy_memorized": memorised, "det_auroc": auroc, "wall_s": 6 * pass_s * n / 1000 + 30}
     return summary, [{"train_pass_s": pass_s * n / 1000}]
 
 
@@ -40,3 +40,15 @@ def test_the_paper_budget_grid_is_the_scale_grid_at_128_tokens_and_8_epochs():
         cmd = " ".join(c.command("runs/scale-paper", "cuda"))
         assert "--max_len 128 --epochs 8" in cmd and "--max_test" not in cmd and "--device cuda" in cmd
     assert all("--max_len 64" in " ".join(c.command("r", "cpu")) for c in cpu)
+
+
+def test_the_table_pairs_seeds_and_reports_the_cost_per_example_and_the_wall_time():
+    runs = [run("lora", 2000, s, acc, 0.1, 0.9, pass_s=p) for s, acc, p in ((0, 0.60, 9.0), (1, 0.70, 10.0))]
+    runs += [run("gce", 2000, 1, 0.74, 0.05, 0.9, pass_s=20.0)]
+    lines = scale.scale_table(runs).splitlines()
+    gce = next(line for line in lines if "gce" in line).split(" | ")
+    # +4.0 against seed 1's 70 (not the seeds' mean 65); 40 s per epoch over 2,000 examples is 20 ms each;
+    # the wall time 6 x 40 + 30 = 270 s is 4.5 min
+    assert gce[3:5] == ["2,000", "1"] and gce[-4:] == ["+4.0", "40", "20.0", "4.5 |"]
+    lora = next(line for line in lines if "| lora |" in line).split(" | ")
+    assert lora[-4:] == ["-", "19", "9.5", "2.4 |"]  # medians over seeds: (18 + 20) / 2 s, (138 + 150) / 2 s

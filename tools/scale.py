@@ -51,7 +51,8 @@ def advantage(runs, lora_runs):
 
 def scale_table(runs):
     """One row per (dataset, noise, method, N): seeds, the MEASURES, the advantage over LoRA at that N
-    (selected accuracy, points, on the seeds both ran), the training pass per epoch and per example."""
+    (selected accuracy, points, on the seeds both ran), the training pass per epoch and per example, and
+    the whole run's wall time (every epoch with its evaluations and detector passes; medians over seeds)."""
     curves, rows = by_curve(runs), []
     for (dataset, noise_name, method), points in sorted(curves.items()):
         lora = curves.get((dataset, noise_name, "lora"), {})
@@ -64,9 +65,10 @@ def scale_table(runs):
                         + [report.fmt([s.get(k) for s in summaries], **({} if k != "det_auroc" else
                                                                           {"scale": 1.0, "digits": 3}))
                            for k, _ in MEASURES]
-                        + [vs, f"{np.median(sec):.0f}", f"{1000 * np.median(sec) / n:.1f}"])
+                        + [vs, f"{np.median(sec):.0f}", f"{1000 * np.median(sec) / n:.1f}",
+                           f"{np.median([s['wall_s'] for s in summaries]) / 60:.1f}"])
     head = ["dataset", "noise", "method", "N train", "seeds", *(name for _, name in MEASURES), "selected vs LoRA",
-            "train pass s/epoch", "ms/example"]
+            "train pass s/epoch", "ms/example", "run wall min"]
     return report.markdown_table(head, rows)
 
 
@@ -111,24 +113,31 @@ def cost_table(runs):
 
 
 def plot_scale(runs, path):
-    """One row per dataset: selected accuracy, memorised share and detector AUROC against N (log axis),
-    one line per method, seed means with their spread."""
+    """One row per dataset: selected accuracy, memorised share, detector AUROC and the training pass's seconds
+    per epoch against N (log axes for N and seconds), one line per method, seed means with their spread."""
     plt = report.pyplot()
     curves = by_curve(runs)
     datasets = sorted({d for d, _, _ in curves})
-    keys = [("selected_test_acc", "selected test accuracy (%)", 100), ("noisy_memorized", "noisy labels memorised (%)",
-                                                                        100), ("det_auroc", "detector AUROC", 1)]
-    fig, axes = plt.subplots(len(datasets), len(keys), figsize=(4.3 * len(keys), 3.4 * len(datasets)), squeeze=False)
+    summary_value = lambda key, scale: lambda s, m: None if s.get(key) is None else scale * s[key]
+    panels = [(summary_value("selected_test_acc", 100), "selected test accuracy (%)"),
+              (summary_value("noisy_memorized", 100), "noisy labels memorised (%)"),
+              (summary_value("det_auroc", 1), "detector AUROC"),
+              (lambda s, m: pass_seconds(m), "training pass, s per epoch")]
+    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(4.0 * len(panels), 3.4 * len(datasets)),
+                             squeeze=False)
     for (dataset, noise_name, method), points in sorted(curves.items()):
         row, sizes = datasets.index(dataset), sorted(points)
-        for col, (key, label, scale) in enumerate(keys):
-            values = [[scale * s[key] for s, _ in points[n] if s.get(key) is not None] for n in sizes]
+        for col, (value, label) in enumerate(panels):
+            values = [[v for v in (value(s, m) for s, m in points[n]) if v is not None] for n in sizes]
             mean = [np.mean(v) if v else np.nan for v in values]
             spread = [np.std(v) if v else np.nan for v in values]
-            axes[row, col].errorbar(sizes, mean, yerr=spread, marker="o", capsize=3, label=method)
-            axes[row, col].set_xscale("log")
-            axes[row, col].set_ylabel(label)
-            axes[row, col].set_title(f"{dataset}, {noise_name}")
+            ax = axes[row, col]
+            ax.errorbar(sizes, mean, yerr=spread, marker="o", capsize=3, label=method)
+            ax.set_xscale("log")
+            if col == len(panels) - 1:
+                ax.set_yscale("log")  # a straight line of slope b: seconds ~ N^b
+            ax.set_ylabel(label)
+            ax.set_title(f"{dataset}, {noise_name}")
     for ax in axes[-1]:
         ax.set_xlabel("training examples N")
     axes[0, 0].legend(fontsize=8)
@@ -144,4 +153,5 @@ def scale_blocks(runs, path, draw=False):
     if draw:
         plot_scale(runs, path)
     return {"scale-table": scale_table(runs), "scale-verdicts": verdicts_table(runs), "scale-cost": cost_table(runs),
-            "scale-curves": f"![selected accuracy, memorised share and detector AUROC against training examples]({path})"}
+            "scale-curves": f"![selected accuracy, memorised share, detector AUROC and training-pass seconds "
+                            f"against training examples]({path})"}
