@@ -139,7 +139,11 @@ class LossDetector:
         self.ema, self.smoothed = ema, None
 
     def update(self, train_logits, observed):
-        loss = per_sample_loss(train_logits, observed)
+        return self.update_losses(per_sample_loss(train_logits, observed))
+
+    def update_losses(self, loss):
+        """One epoch's per-sample losses (N,) in: smooth, fit, return the DetectorFit (a saved run's
+        per_sample.npz replays through this, tools/detector_fit.py)."""
         if self.smoothed is None or self.ema == 0:
             self.smoothed = loss.astype(np.float64)
         else:

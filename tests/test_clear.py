@@ -127,6 +127,13 @@ def test_short_noisy_run_routes_clean_samples_more(tiny_pretrained_dir, tiny_dat
     assert last["gate_rate_clean"] > last["gate_rate_noisy"] + 0.2
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["det_auroc"] == last["det_auroc"]
+    # tools/detector_fit.py replays the saved per-epoch losses through the detector: the same last fit
+    import detector_fit
+    described = detector_fit.describe(*detector_fit.replay(str(tmp_path)))
+    assert abs(described["AUROC of P(clean)"] - summary["det_auroc"]) < 1e-9
+    assert abs(described["AUROC of the smoothed loss"] - summary["det_auroc_loss"]) < 1e-9
+    with pytest.raises(SystemExit, match="per_sample.npz is missing"):
+        detector_fit.replay(str(tmp_path / "elsewhere"))
 
 
 def test_eval_only_keeps_or_changes_the_gate_mode(tiny_pretrained_dir, tiny_dataset, tmp_path):

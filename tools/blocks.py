@@ -80,6 +80,9 @@ def readme_blocks(grid, root, assets, draw=()):
     if grid is GRIDS.get("scale"):
         path = os.path.join(assets, "scale_curves.png")
         return scale.scale_blocks(finished_runs(grid, root) + scale_reused_runs(), path, draw="scale-curves" in draw)
+    if grid is GRIDS.get("scale-cost"):
+        runs = finished_runs(grid, root)
+        return {"cost-alone": scale.cost_table(runs)} if runs else {}
     everything = finished_runs(grid, root)  # table-all: every finished cell, one row per setting
     extras = ["val_last3", "selected_val_acc", "det_auroc"] + (["samples_per_s", "wall_s"] if grid is GRIDS["precision"] else [])
     blocks = {"table-all": report.table(everything, extras)} if everything else {}

@@ -213,6 +213,12 @@ def scale_cells(budget=("--max_test", "500", "--max_len", "64")):
 
 
 GRIDS["scale"] = scale_cells()
+# The scale grid's cost measured alone: its cells ran two at a time beside other work, so their seconds per epoch
+# mix the sizes with the machine's load. One epoch of mr LoRA at each size, repeated three times (the seeds;
+# sizes alternate), to be run with `--jobs 1` and nothing else on the machine.
+GRIDS["scale-cost"] = [Cell("mr", *SCALE_NOISE["mr"], "lora", s, (["--max_train", str(n)] if n else [])
+                            + ["--max_test", "500", "--max_len", "64", "--epochs", "1"], size=f"n{n}" if n else "nall")
+                       for s in (0, 1, 2) for n in SCALE_SIZES["mr"]]
 # the same study at the CleaR paper's budget - 128 tokens, 8 epochs, the whole test split: a single-GPU job
 # (`--grid scale-paper --device cuda`), not yet run on a GPU
 GRIDS["scale-paper"] = scale_cells(budget=("--max_len", "128", "--epochs", "8"))
@@ -306,7 +312,7 @@ QUICK_OUT = "runs/mr-clear-lora-sym0.2-s0"  # where the quick command writes (tr
 # where each grid's cells are committed (a cell there counts as done on any machine); --runs defaults to it
 RESULTS = {"lr-capacity": "results/fair-test", "clear-recipe": "results/fair-test", "ema": "results/ema",
            "precision": "results/precision", "methods": "results/methods", "accuracy": "results/accuracy",
-           "scale": "results/scale", "match": "results/match", "loramoe": "results/loramoe",
+           "scale": "results/scale", "scale-cost": "results/scale-cost", "match": "results/match", "loramoe": "results/loramoe",
            "issues": "results/issues", "readme": "results/readme", "bench": "results/bench"}
 
 

@@ -79,8 +79,9 @@ def mean_of(runs, key, scale=100.0):
 
 def verdicts_table(runs):
     """Per (dataset, noise, method), the claims against N: the advantage over LoRA at the smallest and the
-    largest N (on shared seeds) and at how many sizes it is above LoRA; the memorised share and the
-    detector's AUROC at the smallest and the largest N (seed means)."""
+    largest N (on shared seeds) and at how many sizes it is above LoRA; the memorised share, the detector's
+    AUROC (its P(clean)) and the AUROC of the smoothed loss it fits (the ranking alone) at the smallest and
+    the largest N (seed means)."""
     curves, rows = by_curve(runs), []
     for (dataset, noise_name, method), points in sorted(curves.items()):
         sizes, lora = sorted(points), curves.get((dataset, noise_name, "lora"), {})
@@ -93,23 +94,26 @@ def verdicts_table(runs):
                      "-" if not gains or gains[-1] is None else f"{gains[-1]:+.1f}",
                      f"{sum(g > 0 for g in shown)} of {len(shown)}" if shown else "-",
                      f"{mean_of(lo, 'noisy_memorized'):.1f} -> {mean_of(hi, 'noisy_memorized'):.1f}",
-                     f"{mean_of(lo, 'det_auroc', 1.0):.3f} -> {mean_of(hi, 'det_auroc', 1.0):.3f}"])
+                     f"{mean_of(lo, 'det_auroc', 1.0):.3f} -> {mean_of(hi, 'det_auroc', 1.0):.3f}",
+                     f"{mean_of(lo, 'det_auroc_loss', 1.0):.3f} -> {mean_of(hi, 'det_auroc_loss', 1.0):.3f}"])
     head = ["dataset", "noise", "method", "N", "seeds per N", "vs LoRA, smallest N", "vs LoRA, largest N",
-            "sizes above LoRA", "memorised", "det AUROC"]
+            "sizes above LoRA", "memorised", "det AUROC", "loss AUROC"]
     return report.markdown_table(head, rows)
 
 
 def cost_table(runs):
-    """Per (dataset, method): the fitted exponent b of training-pass seconds per epoch ~ N^b over the sizes
-    measured, and the sizes it rests on."""
+    """Per (dataset, method): the training pass's milliseconds per example at each N measured (medians over
+    runs), and the fitted exponent b of seconds per epoch ~ N^b over those sizes."""
     rows = []
     for (dataset, noise_name, method), points in sorted(by_curve(runs).items()):
         sizes = sorted(points)
         seconds = [np.median([pass_seconds(m) for _, m in points[n]]) for n in sizes]
         b = cost_exponent(sizes, seconds)
         rows.append([dataset, noise_name, method, ", ".join(f"{n:,}" for n in sizes),
-                     "-" if b is None else f"{b:.2f}"])
-    return report.markdown_table(["dataset", "noise", "method", "N measured", "b (s/epoch ~ N^b)"], rows)
+                     str(min(len(points[n]) for n in sizes)),
+                     ", ".join(f"{1000 * t / n:.1f}" for n, t in zip(sizes, seconds)), "-" if b is None else f"{b:.2f}"])
+    return report.markdown_table(["dataset", "noise", "method", "N measured", "runs per N", "ms/example at each N",
+                                  "b (s/epoch ~ N^b)"], rows)
 
 
 def plot_scale(runs, path):
