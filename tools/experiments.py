@@ -2,14 +2,14 @@
 Regenerate the README's results with one command: run a named grid of `train.py` cells
 (method x dataset x noise kind x rate x seed), then write the tables and pictures.
 
-* Every cell is one `train.py` run in `<runs>/<grid dir>/<dataset>/<noise><rate>/<method>/s<seed>`.
+* Every cell is one `train.py` run in `<runs>/<dataset>/[<size>/]<noise><rate>/<method>/s<seed>` (grids.py).
   A cell whose `summary.json` exists is skipped; one with a checkpoint is resumed
   (`train.py --resume`), so an interrupted sweep continues where it stopped.
 * Cells run in the order the grid lists them (most important first), `--jobs` at a time,
-  each with `cores // jobs` threads.
+  each with `cores // jobs` threads (or `--threads`).
 * The README's results live between marker comments (`<!-- grid:NAME:KEY -->` ...
   `<!-- /grid:NAME:KEY -->`); `--write_readme` replaces exactly those blocks with tables
-  built by report.py from the runs on disk, so nothing there is typed by hand. A cell
+  built by blocks.py from the runs on disk, so nothing there is typed by hand. A cell
   that has not run yet shows up as fewer seeds, never as a made-up number.
 
 Usage:

@@ -3,8 +3,9 @@ The fidelity issue's scale study: do the claims hold with more data? For each da
 the number of training examples N (1,000 / 2,000, 5,000, the whole split): validation-selected and last
 test accuracy, the memorised share of the truly noisy labels, the loss detector's AUROC, each method's
 advantage over plain LoRA, and the cost - a training pass's seconds per epoch and per example, with the
-exponent b of seconds ~ N^b fitted over the sizes (b <= 1: no worse than linear). experiments.py writes
-the blocks into RESULTS.md (grid:scale:*), so no number is typed by hand.
+exponent b of seconds ~ N^b fitted over the sizes (b <= 1: no worse than linear), and a run's wall time.
+experiments.py writes the blocks into RESULTS.md (grid:scale:*; the cost measured alone, the scale-cost
+grid, as grid:scale-cost:cost-alone), so no number is typed by hand.
 
 Usage:
     blocks = scale_blocks(runs, "assets/scale_curves.png", draw=True)   # {marker key: markdown}
