@@ -22,6 +22,8 @@ MATCH_COMPARISONS = [
     ("match (full, tau 1)", "match (full, no mixing)", "the mixing, beyond its dense layer (full)"),
     ("match (lora, tau 10, identity init)", "match (lora, tau 10)", "identity init against the published init"),
     ("match (full, tau 1, identity init)", "match (full, tau 1)", "identity init against the published init"),
+    ("match (lora, tau 10, mixed evaluation)", "match (lora, tau 10)", "mixing at evaluation too (LoRA)"),
+    ("match (lora, tau 10, mixed evaluation)", "lora", "Match-Tuning evaluated with the mix, against LoRA"),
 ]
 LORAMOE_COMPARISONS = [
     ("loramoe (types clean)", "loramoe (types clean), moe_beta 0.0", "the constraint against none (official default)"),
